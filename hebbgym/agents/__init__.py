@@ -1,0 +1,1 @@
+"""Agents: the plastic recurrent core, baselines and reference policies."""

@@ -1,0 +1,256 @@
+"""Reference policies: the floor (random) and ceilings (oracles, classic bandit learners).
+
+They give every learning curve its scale: the results report normalises a score as
+``(agent - random) / (oracle - random)``. All are batched: ``act`` takes the observations
+``(B, D)`` and the vector env's ``info`` of the same step, and returns ``B`` actions, so
+they run on the native vector envs at full speed. Oracles may read hidden facts from
+``info`` (the reward cell, the paired stimulus, the good arm); learners may not.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+from hebbgym.envs.base import HebbVectorEnv
+from hebbgym.envs.maze import MOVES
+
+
+class Policy(Protocol):
+    """A batched policy for ``B`` episodes in lockstep."""
+
+    def reset(self) -> None:
+        """Forget everything: a new batch of episodes starts."""
+
+    def act(self, obs: np.ndarray, info: dict[str, Any]) -> np.ndarray:
+        """Actions for observations ``obs`` of shape ``(B, D)``."""
+
+
+class RandomPolicy:
+    """Uniform actions: the floor every score is measured from."""
+
+    def __init__(self, env: HebbVectorEnv, seed: int | None = None) -> None:
+        self.space = env.single_action_space
+        self.num_envs = env.num_envs
+        self.rng = np.random.default_rng(seed)
+
+    def reset(self) -> None:
+        pass
+
+    def act(self, obs: np.ndarray, info: dict[str, Any]) -> np.ndarray:
+        if isinstance(self.space, spaces.Discrete):
+            return self.rng.integers(int(self.space.n), size=self.num_envs)
+        low, high = self.space.low, self.space.high
+        return self.rng.uniform(low, high, size=(self.num_envs, *self.space.shape))
+
+
+def maze_distances(walls: np.ndarray) -> np.ndarray:
+    """``distances[r, c]`` is the grid of shortest-path lengths to cell ``(r, c)`` (BFS);
+    walls and unreachable cells get a large value."""
+    size = walls.shape[0]
+    far = np.iinfo(np.int32).max // 2
+    distances = np.full((size, size, size, size), far, dtype=np.int32)
+    for source in np.argwhere(~walls):
+        grid = distances[source[0], source[1]]
+        grid[tuple(source)] = 0
+        frontier = deque([tuple(source)])
+        while frontier:
+            r, c = frontier.popleft()
+            for dr, dc in MOVES:
+                nr, nc = r + dr, c + dc
+                if not walls[nr, nc] and grid[nr, nc] == far:
+                    grid[nr, nc] = grid[r, c] + 1
+                    frontier.append((nr, nc))
+    return distances
+
+
+class MazeOracle:
+    """Knows the reward cell and walks a shortest path to it, every time."""
+
+    def __init__(self, env: HebbVectorEnv, seed: int | None = None) -> None:
+        self.distances = maze_distances(env.rules.walls)
+        self.rows = np.arange(env.num_envs)
+
+    def reset(self) -> None:
+        pass
+
+    def act(self, obs: np.ndarray, info: dict[str, Any]) -> np.ndarray:
+        goal, position = info["task"], info["position"]
+        neighbours = position[:, None, :] + MOVES[None, :, :]
+        to_goal = self.distances[goal[:, 0], goal[:, 1]]
+        costs = to_goal[self.rows[:, None], neighbours[..., 0], neighbours[..., 1]]
+        return np.argmin(costs, axis=1)
+
+
+class ConditioningOracle:
+    """Knows the paired stimulus: fear exactly when it is on."""
+
+    def __init__(self, env: HebbVectorEnv, seed: int | None = None) -> None:
+        self.stimuli = env.obs_layout["stimuli"]
+        self.continuous = isinstance(env.single_action_space, spaces.Box)
+        self.rows = np.arange(env.num_envs)
+
+    def reset(self) -> None:
+        pass
+
+    def act(self, obs: np.ndarray, info: dict[str, Any]) -> np.ndarray:
+        target = obs[:, self.stimuli][self.rows, info["task"]].round().astype(np.int64)
+        return target[:, None].astype(np.float32) if self.continuous else target
+
+
+class CueRewardOracle:
+    """Knows the target cue; answers 1 at a go step if it was shown since the last go."""
+
+    def __init__(self, env: HebbVectorEnv, seed: int | None = None) -> None:
+        self.cue, self.go = env.obs_layout["cue"], env.obs_layout["go"]
+        self.seen = np.zeros(env.num_envs, dtype=bool)
+        self.rows = np.arange(env.num_envs)
+
+    def reset(self) -> None:
+        self.seen[:] = False
+
+    def act(self, obs: np.ndarray, info: dict[str, Any]) -> np.ndarray:
+        task = info["task"]
+        target_cue = task["cues"][self.rows, task["target"]]
+        self.seen |= (obs[:, self.cue] == target_cue).all(axis=1)
+        go = obs[:, self.go.start] > 0.5
+        actions = (self.seen & go).astype(np.int64)
+        self.seen[go] = False
+        return actions
+
+
+class BanditOracle:
+    """Always pulls the arm that is good right now."""
+
+    def __init__(self, env: HebbVectorEnv, seed: int | None = None) -> None:
+        pass
+
+    def reset(self) -> None:
+        pass
+
+    def act(self, obs: np.ndarray, info: dict[str, Any]) -> np.ndarray:
+        return info["good_arm"].astype(np.int64)
+
+
+class _BanditLearner:
+    """Shared bookkeeping of bandit learners: per-arm (discounted) pulls and rewards,
+    read from the previous-action and previous-reward channels of the observation."""
+
+    def __init__(self, env: HebbVectorEnv, seed: int | None = None, forgetting: float = 1.0) -> None:
+        if not 0.0 < forgetting <= 1.0:
+            raise ValueError(f"forgetting must be in (0, 1], got {forgetting}")
+        self.forgetting = forgetting
+        self.action, self.reward = env.obs_layout["action"], env.obs_layout["reward"]
+        self.arms = int(env.single_action_space.n)
+        self.num_envs = env.num_envs
+        self.rng = np.random.default_rng(seed)
+        self.reset()
+
+    def reset(self) -> None:
+        self.pulls = np.zeros((self.num_envs, self.arms))
+        self.wins = np.zeros((self.num_envs, self.arms))
+
+    def observe(self, obs: np.ndarray) -> None:
+        chosen = obs[:, self.action]  # one-hot, all zeros at t = 0
+        reward = obs[:, self.reward.start : self.reward.start + 1]
+        self.pulls = self.forgetting * self.pulls + chosen
+        self.wins = self.forgetting * self.wins + chosen * reward
+
+
+class ThompsonSampling(_BanditLearner):
+    """Beta-Bernoulli Thompson sampling; ``forgetting < 1`` discounts old evidence so it
+    can follow reversals."""
+
+    def act(self, obs: np.ndarray, info: dict[str, Any]) -> np.ndarray:
+        self.observe(obs)
+        samples = self.rng.beta(1.0 + self.wins, 1.0 + self.pulls - self.wins)
+        return np.argmax(samples, axis=1)
+
+
+class UCB1(_BanditLearner):
+    """UCB1 (Auer et al. 2002); with ``forgetting < 1`` it is discounted UCB."""
+
+    def act(self, obs: np.ndarray, info: dict[str, Any]) -> np.ndarray:
+        self.observe(obs)
+        total = self.pulls.sum(axis=1, keepdims=True)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            bonus = np.sqrt(2.0 * np.log(np.maximum(total, 1.0)) / self.pulls)
+            value = np.where(self.pulls > 0, self.wins / self.pulls + bonus, np.inf)
+        noise = self.rng.random(value.shape) * 1e-9  # random tie-breaking
+        return np.argmax(value + noise, axis=1)
+
+
+class WinStayLoseShift(_BanditLearner):
+    """Repeat a rewarded arm, switch to another arm after a failure."""
+
+    def act(self, obs: np.ndarray, info: dict[str, Any]) -> np.ndarray:
+        previous = obs[:, self.action]
+        started = previous.sum(axis=1) > 0
+        last = np.argmax(previous, axis=1)
+        won = obs[:, self.reward.start] > 0
+        other = (last + self.rng.integers(1, self.arms, size=self.num_envs)) % self.arms
+        first = self.rng.integers(self.arms, size=self.num_envs)
+        return np.where(started, np.where(won, last, other), first)
+
+
+PolicyFactory = Callable[[HebbVectorEnv, int | None], Policy]
+
+REFERENCE_POLICIES: dict[str, dict[str, PolicyFactory]] = {
+    "Hebb-Conditioning-v0": {"random": RandomPolicy, "oracle": ConditioningOracle},
+    "Hebb-ConditioningIndependent-v0": {"random": RandomPolicy, "oracle": ConditioningOracle},
+    "Hebb-Maze-v0": {"random": RandomPolicy, "oracle": MazeOracle},
+    "Hebb-ReversalBandit-v0": {
+        "random": RandomPolicy,
+        "oracle": BanditOracle,
+        "thompson": ThompsonSampling,
+        "thompson-forgetting": lambda env, seed: ThompsonSampling(env, seed, forgetting=0.9),
+        "ucb1": UCB1,
+        "ucb1-forgetting": lambda env, seed: UCB1(env, seed, forgetting=0.9),
+        "win-stay-lose-shift": WinStayLoseShift,
+    },
+    "Hebb-CueReward-v0": {"random": RandomPolicy, "oracle": CueRewardOracle},
+}
+
+
+def reference_policy(env_id: str, name: str, env: HebbVectorEnv, seed: int | None = None) -> Policy:
+    """The reference ``name`` for ``env_id``, built for the vector env ``env``."""
+    if env_id not in REFERENCE_POLICIES:
+        raise ValueError(f"no reference policies for {env_id!r}; known: {sorted(REFERENCE_POLICIES)}")
+    known = REFERENCE_POLICIES[env_id]
+    if name not in known:
+        raise ValueError(f"unknown reference {name!r} for {env_id}; known: {sorted(known)}")
+    return known[name](env, seed)
+
+
+def evaluate_reference(
+    env_id: str,
+    name: str,
+    episodes: int,
+    seed: int = 0,
+    num_envs: int = 64,
+    **env_kwargs: Any,
+) -> np.ndarray:
+    """Returns of ``episodes`` episodes of reference ``name`` (seeded, reproducible)."""
+    if episodes < 1:
+        raise ValueError(f"episodes must be >= 1, got {episodes}")
+    num_envs = min(num_envs, episodes)
+    env = gym.make_vec(env_id, num_envs=num_envs, vectorization_mode="vector_entry_point", **env_kwargs)
+    policy = reference_policy(env_id, name, env.unwrapped, seed)
+    returns = []
+    batch_index = 0
+    while len(returns) * num_envs < episodes:
+        obs, info = env.reset(seed=seed + batch_index * num_envs)
+        policy.reset()
+        total = np.zeros(num_envs)
+        for _ in range(env.unwrapped.batch.length):
+            obs, reward, _, _, info = env.step(policy.act(obs, info))
+            total += reward
+        returns.append(total)
+        batch_index += 1
+    env.close()
+    return np.concatenate(returns)[:episodes]
