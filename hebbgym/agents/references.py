@@ -141,7 +141,9 @@ class _BanditLearner:
     """Shared bookkeeping of bandit learners: per-arm (discounted) pulls and rewards,
     read from the previous-action and previous-reward channels of the observation."""
 
-    def __init__(self, env: HebbVectorEnv, seed: int | None = None, forgetting: float = 1.0) -> None:
+    def __init__(
+        self, env: HebbVectorEnv, seed: int | None = None, forgetting: float = 1.0
+    ) -> None:
         if not 0.0 < forgetting <= 1.0:
             raise ValueError(f"forgetting must be in (0, 1], got {forgetting}")
         self.forgetting = forgetting
@@ -220,7 +222,9 @@ REFERENCE_POLICIES: dict[str, dict[str, PolicyFactory]] = {
 def reference_policy(env_id: str, name: str, env: HebbVectorEnv, seed: int | None = None) -> Policy:
     """The reference ``name`` for ``env_id``, built for the vector env ``env``."""
     if env_id not in REFERENCE_POLICIES:
-        raise ValueError(f"no reference policies for {env_id!r}; known: {sorted(REFERENCE_POLICIES)}")
+        raise ValueError(
+            f"no reference policies for {env_id!r}; known: {sorted(REFERENCE_POLICIES)}"
+        )
     known = REFERENCE_POLICIES[env_id]
     if name not in known:
         raise ValueError(f"unknown reference {name!r} for {env_id}; known: {sorted(known)}")
@@ -239,7 +243,9 @@ def evaluate_reference(
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}")
     num_envs = min(num_envs, episodes)
-    env = gym.make_vec(env_id, num_envs=num_envs, vectorization_mode="vector_entry_point", **env_kwargs)
+    env = gym.make_vec(
+        env_id, num_envs=num_envs, vectorization_mode="vector_entry_point", **env_kwargs
+    )
     policy = reference_policy(env_id, name, env.unwrapped, seed)
     returns = []
     batch_index = 0

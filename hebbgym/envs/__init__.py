@@ -1,1 +1,1 @@
-"""The tasks, one module each, sharing :mod:`hebbgym.envs.base` and :mod:`hebbgym.envs.rendering`."""
+"""The tasks, one module each, on the shared machinery of ``base.py`` and ``rendering.py``."""

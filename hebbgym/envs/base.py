@@ -76,7 +76,9 @@ class TaskRules(ABC):
         """Everything random about one episode, drawn up front, plus its initial state."""
 
     @abstractmethod
-    def step(self, episodes: dict[str, np.ndarray], t: np.ndarray, actions: np.ndarray) -> np.ndarray:
+    def step(
+        self, episodes: dict[str, np.ndarray], t: np.ndarray, actions: np.ndarray
+    ) -> np.ndarray:
         """Apply ``actions`` (validated, batched) at steps ``t``; return the rewards ``(B,)``."""
 
     @abstractmethod
@@ -129,7 +131,10 @@ class TaskRules(ABC):
         low, high = np.zeros(size, np.float32), np.zeros(size, np.float32)
         task_width = sum(self.channels.values())
         low[:task_width], high[:task_width] = self.channel_low, self.channel_high
-        low[layout["bias"]], high[layout["bias"]] = 0.0, 1.0  # always 1; equal bounds upset checkers
+        low[layout["bias"]], high[layout["bias"]] = (
+            0.0,
+            1.0,
+        )  # always 1; equal bounds upset checkers
         low[layout["time"]], high[layout["time"]] = 0.0, 1.0
         low[layout["reward"]] = min(self.reward_low, 0.0)
         high[layout["reward"]] = max(self.reward_high, 0.0)
@@ -247,7 +252,9 @@ class HebbEnv(gym.Env):
 
     def __init__(self, render_mode: str | None = None, **kwargs: Any) -> None:
         if render_mode is not None and render_mode not in RENDER_MODES:
-            raise ValueError(f"render_mode must be one of {RENDER_MODES} or None, got {render_mode!r}")
+            raise ValueError(
+                f"render_mode must be one of {RENDER_MODES} or None, got {render_mode!r}"
+            )
         self.rules = self.rules_class(**kwargs)
         self.render_mode = render_mode
         self.metadata = {**self.metadata, "render_fps": self.rules.render_fps}
@@ -328,7 +335,9 @@ class HebbVectorEnv(VectorEnv):
         **kwargs: Any,
     ) -> None:
         if render_mode is not None and render_mode != "rgb_array":
-            raise ValueError(f"vector envs render only 'rgb_array', got render_mode={render_mode!r}")
+            raise ValueError(
+                f"vector envs render only 'rgb_array', got render_mode={render_mode!r}"
+            )
         self.rules = self.rules_class(**kwargs)
         self.batch = EpisodeBatch(self.rules, num_envs, time_limit=max_episode_steps)
         self.num_envs = self.batch.num_envs

@@ -74,7 +74,9 @@ class ConditioningRules(TaskRules):
         rows = np.arange(len(t))
         return episodes["stimuli"][rows, t, episodes["paired"]].astype(np.int64)
 
-    def step(self, episodes: dict[str, np.ndarray], t: np.ndarray, actions: np.ndarray) -> np.ndarray:
+    def step(
+        self, episodes: dict[str, np.ndarray], t: np.ndarray, actions: np.ndarray
+    ) -> np.ndarray:
         target = self.targets(episodes, t)
         if self.continuous:
             rewards = -((actions[:, 0] - target) ** 2)
@@ -96,7 +98,11 @@ class ConditioningRules(TaskRules):
         paired = int(episodes["paired"][row])
         stimuli, pain = episodes["stimuli"][row], episodes["pain"][row]
         top = HEADER_HEIGHT + 20
-        lights = [(STIMULI[0], stimuli[step, 0]), (STIMULI[1], stimuli[step, 1]), ("pain", pain[step])]
+        lights = [
+            (STIMULI[0], stimuli[step, 0]),
+            (STIMULI[1], stimuli[step, 1]),
+            ("pain", pain[step]),
+        ]
         for index, (name, on) in enumerate(lights):
             x = 70 + index * 110
             color = (BAD if name == "pain" else ACCENT) if on else GRID
@@ -111,18 +117,34 @@ class ConditioningRules(TaskRules):
 
         left, width, height = 90, painter.width - 110, 18
         y = top + 140
-        painter.rect(left, y - 4, width * self.learning_period / self.episode_length, 5 * 24 + 4, (235, 235, 245))
+        painter.rect(
+            left,
+            y - 4,
+            width * self.learning_period / self.episode_length,
+            5 * 24 + 4,
+            (235, 235, 245),
+        )
         painter.text(left, y - 22, "timeline (shaded: free learning period)", MUTED, 16)
         rows = [
             (STIMULI[0], stimuli[:step, 0], lambda v: ACCENT if v else (255, 255, 255)),
             (STIMULI[1], stimuli[:step, 1], lambda v: ACCENT if v else (255, 255, 255)),
             ("pain", pain[:step], lambda v: BAD if v else (255, 255, 255)),
-            ("fear", batch.action_history[row, :step], lambda v: BAD if v >= 0.5 else (255, 255, 255)),
-            ("reward", batch.reward_history[row, :step], lambda v: GOOD if v > 0 else BAD if v < 0 else GRID),
+            (
+                "fear",
+                batch.action_history[row, :step],
+                lambda v: BAD if v >= 0.5 else (255, 255, 255),
+            ),
+            (
+                "reward",
+                batch.reward_history[row, :step],
+                lambda v: GOOD if v > 0 else BAD if v < 0 else GRID,
+            ),
         ]
         for index, (name, values, colors) in enumerate(rows):
             painter.text(10, y + index * 24, name, INK, 18)
-            painter.timeline(left, y + index * 24, width, height, values, colors, self.episode_length)
+            painter.timeline(
+                left, y + index * 24, width, height, values, colors, self.episode_length
+            )
 
 
 class ConditioningEnv(HebbEnv):

@@ -10,7 +10,17 @@ from gymnasium import spaces
 
 from hebbgym.envs.base import EpisodeBatch, HebbEnv, HebbVectorEnv, TaskRules
 from hebbgym.envs.checks import check_bool, check_int
-from hebbgym.envs.rendering import ACCENT, AGENT, BAD, GOOD, GRID, HEADER_HEIGHT, INK, MUTED, Painter
+from hebbgym.envs.rendering import (
+    ACCENT,
+    AGENT,
+    BAD,
+    GOOD,
+    GRID,
+    HEADER_HEIGHT,
+    INK,
+    MUTED,
+    Painter,
+)
 
 BLANK = -1
 
@@ -43,7 +53,10 @@ class CueRewardRules(TaskRules):
         self.reward_low, self.reward_high = -1.0, 1.0
         self.fixed_cues = np.eye(self.n_cues, self.cue_size, dtype=np.int8)
         self.tile = max(4, min(22, 440 // self.cue_size))
-        self.frame_size = (max(560, self.cue_size * self.tile + 140), HEADER_HEIGHT + 40 * self.n_cues + 200)
+        self.frame_size = (
+            max(560, self.cue_size * self.tile + 140),
+            HEADER_HEIGHT + 40 * self.n_cues + 200,
+        )
 
     def sample_task(self, rng: np.random.Generator) -> dict[str, Any]:
         target = int(rng.integers(self.n_cues))
@@ -56,10 +69,14 @@ class CueRewardRules(TaskRules):
 
     def check_task(self, task: Any) -> dict[str, Any]:
         if not isinstance(task, Mapping) or set(task) != {"cues", "target"}:
-            raise ValueError(f"cue-reward task must be a dict with keys 'cues' and 'target', got {task!r}")
+            raise ValueError(
+                f"cue-reward task must be a dict with keys 'cues' and 'target', got {task!r}"
+            )
         cues, target = np.asarray(task["cues"]), task["target"]
         if cues.shape != (self.n_cues, self.cue_size):
-            raise ValueError(f"task cues must have shape {(self.n_cues, self.cue_size)}, got {cues.shape}")
+            raise ValueError(
+                f"task cues must have shape {(self.n_cues, self.cue_size)}, got {cues.shape}"
+            )
         allowed = (0, 1) if self.one_hot else (-1, 1)
         if not np.isin(cues, allowed).all():
             raise ValueError(f"task cue values must be in {allowed}")
@@ -107,7 +124,9 @@ class CueRewardRules(TaskRules):
             "trial": trial,
         }
 
-    def step(self, episodes: dict[str, np.ndarray], t: np.ndarray, actions: np.ndarray) -> np.ndarray:
+    def step(
+        self, episodes: dict[str, np.ndarray], t: np.ndarray, actions: np.ndarray
+    ) -> np.ndarray:
         rows = np.arange(len(t))
         scored = episodes["go"][rows, t]
         right = actions == episodes["answer"][rows, t]
@@ -158,10 +177,14 @@ class CueRewardRules(TaskRules):
             x = 10 + (index % 20) * 26
             yy = y + 56 + (index // 20) * 30
             painter.rect(x, yy, 22, 22, GOOD if right else BAD)
-            painter.text(x + 11, yy + 11, "Y" if answered else "N", (255, 255, 255), 18, center=True)
+            painter.text(
+                x + 11, yy + 11, "Y" if answered else "N", (255, 255, 255), 18, center=True
+            )
         if len(go_steps):
             accuracy = float(np.mean(batch.reward_history[row, go_steps] > 0))
-            painter.text(10, y + 130, f"accuracy {accuracy:.0%} over {len(go_steps)} trials", INK, 20)
+            painter.text(
+                10, y + 130, f"accuracy {accuracy:.0%} over {len(go_steps)} trials", INK, 20
+            )
 
 
 class CueRewardEnv(HebbEnv):

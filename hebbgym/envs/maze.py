@@ -79,15 +79,23 @@ class MazeRules(TaskRules):
     def check_task(self, task: Any) -> tuple[int, int]:
         cell = np.asarray(task)
         if cell.shape != (2,) or not np.issubdtype(cell.dtype, np.integer):
-            raise ValueError(f"maze task must be a reward cell (row, col) of two ints, got {task!r}")
+            raise ValueError(
+                f"maze task must be a reward cell (row, col) of two ints, got {task!r}"
+            )
         row, col = (int(v) for v in cell)
         if not (0 <= row < self.size and 0 <= col < self.size) or self.walls[row, col]:
-            raise ValueError(f"reward cell {(row, col)} is not a free cell of the {self.size}x{self.size} maze")
+            raise ValueError(
+                f"reward cell {(row, col)} is not a free cell of the {self.size}x{self.size} maze"
+            )
         if (row, col) == tuple(self.center):
-            raise ValueError(f"reward cell {(row, col)} is the start cell; choose another free cell")
+            raise ValueError(
+                f"reward cell {(row, col)} is the start cell; choose another free cell"
+            )
         return row, col
 
-    def draw_episode(self, rng: np.random.Generator, task: tuple[int, int]) -> dict[str, np.ndarray]:
+    def draw_episode(
+        self, rng: np.random.Generator, task: tuple[int, int]
+    ) -> dict[str, np.ndarray]:
         reward_cell = np.array(task, dtype=np.int64)
         away = ~(self.free_cells == reward_cell).all(axis=1)
         destinations = self.free_cells[away]
@@ -101,7 +109,9 @@ class MazeRules(TaskRules):
             "path": path,
         }
 
-    def step(self, episodes: dict[str, np.ndarray], t: np.ndarray, actions: np.ndarray) -> np.ndarray:
+    def step(
+        self, episodes: dict[str, np.ndarray], t: np.ndarray, actions: np.ndarray
+    ) -> np.ndarray:
         rows = np.arange(len(actions))
         position = episodes["position"]
         target = position + MOVES[actions]
@@ -134,7 +144,13 @@ class MazeRules(TaskRules):
                 painter.rect(left + c * tile, top + r * tile, tile, tile, color)
                 painter.rect(left + c * tile, top + r * tile, tile, tile, GRID, 1)
         reward_cell = batch.episodes["reward_cell"][row]
-        painter.rect(left + reward_cell[1] * tile + 3, top + reward_cell[0] * tile + 3, tile - 6, tile - 6, GOOD)
+        painter.rect(
+            left + reward_cell[1] * tile + 3,
+            top + reward_cell[0] * tile + 3,
+            tile - 6,
+            tile - 6,
+            GOOD,
+        )
         painter.text(*centre(reward_cell), "R", (255, 255, 255), max(14, tile // 2), center=True)
         step = int(batch.t[row])
         path = batch.episodes["path"][row, max(0, step - PATH_SHOWN) : step + 1]

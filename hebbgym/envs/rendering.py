@@ -57,7 +57,9 @@ class Painter:
     def circle(self, x: float, y: float, radius: float, color: Color, width: int = 0) -> None:
         self.pygame.draw.circle(self.surface, color, (round(x), round(y)), round(radius), width)
 
-    def line(self, start: Sequence[float], end: Sequence[float], color: Color, width: int = 1) -> None:
+    def line(
+        self, start: Sequence[float], end: Sequence[float], color: Color, width: int = 1
+    ) -> None:
         self.pygame.draw.line(self.surface, color, start, end, width)
 
     def lines(self, points: Sequence[Sequence[float]], color: Color, width: int = 1) -> None:
@@ -65,7 +67,13 @@ class Painter:
             self.pygame.draw.lines(self.surface, color, False, points, width)
 
     def text(
-        self, x: float, y: float, string: str, color: Color = INK, size: int = 20, center: bool = False
+        self,
+        x: float,
+        y: float,
+        string: str,
+        color: Color = INK,
+        size: int = 20,
+        center: bool = False,
     ) -> None:
         image = self.font(size).render(string, True, color)
         if center:
@@ -98,7 +106,9 @@ class Painter:
         self.rect(x, y, w, h, GRID, 1)
         step_width = w / max(length, 1)
         for index, value in enumerate(values):
-            self.rect(x + index * step_width, y + 1, max(step_width, 1), h - 2, colors(float(value)))
+            self.rect(
+                x + index * step_width, y + 1, max(step_width, 1), h - 2, colors(float(value))
+            )
 
 
 class Renderer:
@@ -131,6 +141,13 @@ class Renderer:
             return None
         pixels = pygame.surfarray.array3d(self._painter.surface)
         return np.ascontiguousarray(np.transpose(pixels, (1, 0, 2)), dtype=np.uint8)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickle the settings only: surfaces and windows are rebuilt on the next frame."""
+        return {"render_mode": self.render_mode, "size": self.size, "fps": self.fps}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(**state)
 
     def close(self) -> None:
         """Close the window if one is open; safe to call any number of times."""

@@ -9,7 +9,17 @@ from gymnasium import spaces
 
 from hebbgym.envs.base import EpisodeBatch, HebbEnv, HebbVectorEnv, TaskRules
 from hebbgym.envs.checks import check_float, check_int
-from hebbgym.envs.rendering import ACCENT, AGENT, BAD, GOOD, GRID, HEADER_HEIGHT, INK, MUTED, Painter
+from hebbgym.envs.rendering import (
+    ACCENT,
+    AGENT,
+    BAD,
+    GOOD,
+    GRID,
+    HEADER_HEIGHT,
+    INK,
+    MUTED,
+    Painter,
+)
 
 
 class ReversalBanditRules(TaskRules):
@@ -63,7 +73,9 @@ class ReversalBanditRules(TaskRules):
         good_arm = (task + np.cumsum(switches)) % self.arms
         return {"good_arm": good_arm, "payout": rng.random(steps)}
 
-    def step(self, episodes: dict[str, np.ndarray], t: np.ndarray, actions: np.ndarray) -> np.ndarray:
+    def step(
+        self, episodes: dict[str, np.ndarray], t: np.ndarray, actions: np.ndarray
+    ) -> np.ndarray:
         rows = np.arange(len(t))
         good = actions == episodes["good_arm"][rows, t]
         pay_probability = np.where(good, self.p_good, self.p_bad)
@@ -91,16 +103,29 @@ class ReversalBanditRules(TaskRules):
         for arm in range(self.arms):
             x = 10 + arm * slot
             probability = self.p_good if arm == good_now else self.p_bad
-            painter.rect(x, top, slot - 10, 70, GOOD if arm == good_now else GRID, 0 if arm == good_now else 2)
+            painter.rect(
+                x,
+                top,
+                slot - 10,
+                70,
+                GOOD if arm == good_now else GRID,
+                0 if arm == good_now else 2,
+            )
             painter.text(x + (slot - 10) / 2, top + 22, f"arm {arm}", INK, 22, center=True)
-            painter.text(x + (slot - 10) / 2, top + 48, f"p = {probability:.2f}", INK, 18, center=True)
+            painter.text(
+                x + (slot - 10) / 2, top + 48, f"p = {probability:.2f}", INK, 18, center=True
+            )
             if arm == last_action:
                 painter.rect(x - 3, top - 3, slot - 4, 76, AGENT, 3)
-        painter.text(10, top + 80, "green: good arm now (hidden); blue frame: last choice", MUTED, 16)
+        painter.text(
+            10, top + 80, "green: good arm now (hidden); blue frame: last choice", MUTED, 16
+        )
 
         left, width = 70, painter.width - 80
         y0 = top + 124
-        painter.text(10, y0 - 18, "choices over time (green: rewarded, red: not; | reversal)", MUTED, 16)
+        painter.text(
+            10, y0 - 18, "choices over time (green: rewarded, red: not; | reversal)", MUTED, 16
+        )
         step_width = width / self.episode_length
         good_arm = batch.episodes["good_arm"][row]
         for arm in range(self.arms):
@@ -110,7 +135,13 @@ class ReversalBanditRules(TaskRules):
         for index in range(step):
             arm = int(batch.action_history[row, index])
             rewarded = batch.reward_history[row, index] > 0
-            painter.rect(left + index * step_width, y0 + arm * 26 + 2, max(step_width, 1), 16, GOOD if rewarded else BAD)
+            painter.rect(
+                left + index * step_width,
+                y0 + arm * 26 + 2,
+                max(step_width, 1),
+                16,
+                GOOD if rewarded else BAD,
+            )
         for index in np.flatnonzero(good_arm[1 : step + 1] != good_arm[:step]) + 1:
             x = left + index * step_width
             painter.line((x, y0 - 4), (x, y0 + 26 * self.arms), ACCENT, 2)
