@@ -243,6 +243,8 @@ def evaluate_reference(
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}")
     num_envs = min(num_envs, episodes)
+    if name not in REFERENCE_POLICIES.get(env_id, {}):
+        reference_policy(env_id, name, None)  # raises the error naming what is known
     env = gym.make_vec(
         env_id, num_envs=num_envs, vectorization_mode="vector_entry_point", **env_kwargs
     )

@@ -334,11 +334,18 @@ class HebbVectorEnv(VectorEnv):
         max_episode_steps: int | None = None,
         **kwargs: Any,
     ) -> None:
+        self._renderers: list[Renderer] = []  # first, so close() works if __init__ fails
         if render_mode is not None and render_mode != "rgb_array":
             raise ValueError(
                 f"vector envs render only 'rgb_array', got render_mode={render_mode!r}"
             )
         self.rules = self.rules_class(**kwargs)
+        if max_episode_steps is not None and max_episode_steps < self.rules.episode_length:
+            gym.logger.warn(
+                f"max_episode_steps={max_episode_steps} cuts episodes of episode_length="
+                f"{self.rules.episode_length}; pass max_episode_steps="
+                f"{self.rules.episode_length} too"
+            )
         self.batch = EpisodeBatch(self.rules, num_envs, time_limit=max_episode_steps)
         self.num_envs = self.batch.num_envs
         self.render_mode = render_mode
@@ -350,7 +357,6 @@ class HebbVectorEnv(VectorEnv):
         self.obs_layout = self.rules.observation_layout()
         self._rngs: list[np.random.Generator] = []
         self._autoreset = np.zeros(self.num_envs, dtype=bool)
-        self._renderers: list[Renderer] = []
 
     def _seed(self, seed: int | Sequence[int] | None) -> None:
         if seed is None:

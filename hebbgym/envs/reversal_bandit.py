@@ -63,10 +63,10 @@ class ReversalBanditRules(TaskRules):
     def draw_episode(self, rng: np.random.Generator, task: int) -> dict[str, np.ndarray]:
         steps = self.episode_length + 1
         if self.hazard is None:
-            quarter = self.episode_length // 4
-            reversal = rng.integers(quarter, 3 * quarter + 1) if quarter > 0 else 1
+            # Uniform over the whole steps in [T/4, 3T/4].
+            first, last = -(-self.episode_length // 4), 3 * self.episode_length // 4
             switches = np.zeros(steps, dtype=np.int64)
-            switches[reversal] = rng.integers(1, self.arms)
+            switches[max(1, rng.integers(first, last + 1))] = rng.integers(1, self.arms)
         else:
             switches = (rng.random(steps) < self.hazard) * rng.integers(1, self.arms, size=steps)
             switches[0] = 0

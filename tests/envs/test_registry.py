@@ -33,10 +33,7 @@ def test_every_package_id_is_registered() -> None:
 
 
 def test_make_with_module_prefix_needs_no_prior_import() -> None:
-    code = (
-        "import gymnasium as gym; "
-        "print(gym.make('hebbgym:Hebb-Maze-v0').reset(seed=0)[0].shape)"
-    )
+    code = "import gymnasium as gym; print(gym.make('hebbgym:Hebb-Maze-v0').reset(seed=0)[0].shape)"
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
