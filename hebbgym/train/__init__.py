@@ -1,0 +1,1 @@
+"""Training: configuration, rollouts, A2C losses, the loop, evaluation."""

@@ -1,0 +1,297 @@
+"""The training loop: A2C over batches of whole episodes, with logs and safe checkpoints.
+
+A run directory holds ``config.json`` (the resolved :class:`TrainConfig`),
+``checkpoint.safetensors`` (latest state, replaced atomically), ``metrics.csv`` (one row per
+logged batch) and ``tb/`` (TensorBoard). ``resume=True`` continues exactly where the last
+checkpoint stopped: same parameters, optimizer moments, sampling RNG and episode seeds, so
+a resumed run ends with the parameters of an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from hebbgym.agents.actor_critic import ActorCritic, build_agent
+from hebbgym.train.a2c import a2c_loss
+from hebbgym.train.checkpoint import (
+    CheckpointError,
+    atomic_write_bytes,
+    load_checkpoint,
+    restore_model,
+    restore_training,
+    save_checkpoint,
+)
+from hebbgym.train.config import TASK_PRESETS, TrainConfig
+from hebbgym.train.rollout import collect_rollout, episode_seed
+
+CONFIG_FILE = "config.json"
+CHECKPOINT_FILE = "checkpoint.safetensors"
+METRICS_FILE = "metrics.csv"
+TENSORBOARD_DIR = "tb"
+METRICS_COLUMNS = (
+    "episode",
+    "batch",
+    "reward_mean",
+    "reward_std",
+    "loss",
+    "policy_loss",
+    "value_loss",
+    "entropy",
+    "grad_norm",
+    "modulation_abs_mean",
+    "seconds",
+    "steps_per_second",
+)
+RUN_FILES = (CONFIG_FILE, CHECKPOINT_FILE, METRICS_FILE, TENSORBOARD_DIR)
+
+
+class TrainingDiverged(RuntimeError):
+    """A loss or gradient became NaN or infinite; the last good checkpoint is kept."""
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    batches: int
+    episodes: int
+    seconds: float
+    final_reward_mean: float
+
+
+def make_env(config: TrainConfig) -> gym.vector.VectorEnv:
+    return gym.make_vec(
+        config.env_id,
+        num_envs=config.batch_size,
+        vectorization_mode="vector_entry_point",
+        **config.env_kwargs,
+    )
+
+
+def make_agent(config: TrainConfig, env: gym.vector.VectorEnv) -> ActorCritic:
+    """The agent a config describes, initialised from the run's seed."""
+    torch.manual_seed(config.seed)
+    hidden = config.hidden_size
+    return build_agent(
+        config.agent,
+        env.single_observation_space.shape[0],
+        env.single_action_space,
+        hidden if hidden is not None else TASK_PRESETS[config.env_id].hidden_size,
+        plastic_rule=config.plastic_rule,
+        modulation=config.modulation,
+        match_baselines=hidden is None,
+    )
+
+
+def load_run_config(run_dir: Path) -> TrainConfig:
+    path = Path(run_dir) / CONFIG_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no run there (config.json missing)")
+    try:
+        return TrainConfig.from_dict(json.loads(path.read_text())).resolved()
+    except (json.JSONDecodeError, TypeError, ValueError) as error:
+        raise CheckpointError(f"{path}: not a usable run config ({error})") from error
+
+
+def load_agent(run_dir: Path) -> tuple[TrainConfig, ActorCritic, dict[str, Any]]:
+    """The trained agent of a run directory, its config and training progress."""
+    config = load_run_config(run_dir)
+    path = Path(run_dir) / CHECKPOINT_FILE
+    checkpoint = load_checkpoint(path)
+    _check_same_run(config, checkpoint.config, path)
+    env = make_env(config)
+    agent = make_agent(config, env)
+    env.close()
+    restore_model(agent, checkpoint, path)
+    return config, agent, checkpoint.progress
+
+
+def _check_same_run(config: TrainConfig, saved: dict[str, Any], path: Path) -> None:
+    """A checkpoint must come from the run it is loaded into (all but the budget)."""
+    current = config.to_dict()
+    differing = sorted(k for k in current if k != "episodes" and saved.get(k) != current[k])
+    if differing:
+        details = ", ".join(f"{k}: {saved.get(k)!r} vs {current[k]!r}" for k in differing)
+        raise CheckpointError(f"{path} was written by another run config ({details})")
+
+
+def _prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
+    existing = [name for name in RUN_FILES if (run_dir / name).exists()]
+    if resume and overwrite:
+        raise ValueError("choose --resume or --overwrite, not both")
+    if existing and not (resume or overwrite):
+        raise FileExistsError(
+            f"{run_dir} already holds a run ({', '.join(existing)}); "
+            "pass --resume to continue it or --overwrite to replace it"
+        )
+    if resume and not (run_dir / CHECKPOINT_FILE).exists():
+        raise FileNotFoundError(f"{run_dir}: nothing to resume (no {CHECKPOINT_FILE})")
+
+
+def _clear_run_dir(run_dir: Path) -> None:
+    for name in RUN_FILES:
+        target = run_dir / name
+        if target.is_dir():
+            shutil.rmtree(target)
+        elif target.exists():
+            target.unlink()
+
+
+def _read_metrics(path: Path) -> list[dict[str, str]]:
+    if not path.exists():
+        return []
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _write_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=METRICS_COLUMNS)
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_bytes(path, buffer.getvalue().encode())
+
+
+def train(
+    config: TrainConfig,
+    run_dir: str | Path,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> TrainResult:
+    """Train ``config`` in ``run_dir``; see the module docstring for what is written."""
+    run_dir = Path(run_dir)
+    config = config.resolved()
+    _prepare_run_dir(run_dir, resume, overwrite)
+    checkpoint_path = run_dir / CHECKPOINT_FILE
+    checkpoint = None
+    if resume:
+        checkpoint = load_checkpoint(checkpoint_path)
+        _check_same_run(config, checkpoint.config, checkpoint_path)
+
+    torch.set_num_threads(config.threads)
+    env = make_env(config)
+    agent = make_agent(config, env)
+    optimizer = torch.optim.Adam(agent.parameters(), lr=config.lr, eps=config.adam_eps)
+    generator = torch.Generator().manual_seed(config.seed)
+    start_batch, seconds_before = 0, 0.0
+    metrics: list[dict[str, Any]] = []
+    if checkpoint is not None:
+        restore_model(agent, checkpoint, checkpoint_path)
+        restore_training(optimizer, generator, checkpoint)
+        start_batch = int(checkpoint.progress["batch"]) + 1
+        seconds_before = float(checkpoint.progress["seconds"])
+        metrics = [
+            row for row in _read_metrics(run_dir / METRICS_FILE) if int(row["batch"]) < start_batch
+        ]
+    else:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if overwrite:
+            _clear_run_dir(run_dir)
+    atomic_write_bytes(run_dir / CONFIG_FILE, json.dumps(config.to_dict(), indent=2).encode())
+    _write_metrics(run_dir / METRICS_FILE, metrics)
+
+    from torch.utils.tensorboard import SummaryWriter
+    from tqdm import tqdm
+
+    writer = SummaryWriter(str(run_dir / TENSORBOARD_DIR), purge_step=start_batch)
+    bar = tqdm(
+        total=config.batches,
+        initial=start_batch,
+        unit="batch",
+        disable=not progress,
+        desc=f"{config.agent} on {config.env_id}",
+    )
+    started = time.perf_counter()
+    steps_per_batch = config.batch_size * env.unwrapped.batch.length
+    reward_mean = math.nan
+    try:
+        for batch in range(start_batch, config.batches):
+            batch_start = time.perf_counter()
+            rollout = collect_rollout(env, agent, episode_seed(config.seed, batch), generator)
+            terms = a2c_loss(
+                rollout,
+                gamma=config.gamma,
+                value_coef=config.value_coef,
+                entropy_coef=config.entropy_coef,
+                entropy_kind=config.entropy_kind,
+                gae_lambda=config.gae_lambda,
+            )
+            if not torch.isfinite(terms.total):
+                raise TrainingDiverged(
+                    f"batch {batch}: loss is {terms.total.item()} (policy {terms.policy.item()}, "
+                    f"value {terms.value.item()}); the last good checkpoint is kept in {run_dir}"
+                )
+            optimizer.zero_grad()
+            terms.total.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(agent.parameters(), config.grad_clip)
+            if not torch.isfinite(grad_norm):
+                raise TrainingDiverged(
+                    f"batch {batch}: gradient norm is {grad_norm.item()}; "
+                    f"the last good checkpoint is kept in {run_dir}"
+                )
+            optimizer.step()
+
+            episode_rewards = rollout.rewards.sum(0).numpy()
+            reward_mean = float(episode_rewards.mean())
+            elapsed = seconds_before + time.perf_counter() - started
+            row = {
+                "episode": (batch + 1) * config.batch_size,
+                "batch": batch,
+                "reward_mean": reward_mean,
+                "reward_std": float(episode_rewards.std()),
+                "loss": terms.total.item(),
+                "policy_loss": terms.policy.item(),
+                "value_loss": terms.value.item(),
+                "entropy": rollout.entropies.mean().item(),
+                "grad_norm": grad_norm.item(),
+                "modulation_abs_mean": rollout.modulation.abs().mean().item()
+                if rollout.modulation.numel()
+                else 0.0,
+                "seconds": round(elapsed, 3),
+                "steps_per_second": round(steps_per_batch / (time.perf_counter() - batch_start), 1),
+            }
+            if batch % config.log_every == 0 or batch == config.batches - 1:
+                metrics.append(row)
+                for key in METRICS_COLUMNS[2:]:
+                    writer.add_scalar(key, row[key], batch)
+            bar.update(1)
+            bar.set_postfix(reward=f"{reward_mean:.2f}", steps_s=f"{row['steps_per_second']:.0f}")
+            if (batch + 1) % config.checkpoint_every == 0 or batch == config.batches - 1:
+                _write_metrics(run_dir / METRICS_FILE, metrics)
+                save_checkpoint(
+                    checkpoint_path,
+                    agent,
+                    optimizer,
+                    generator,
+                    config.to_dict(),
+                    {"batch": batch, "episodes": row["episode"], "seconds": elapsed},
+                )
+    finally:
+        bar.close()
+        writer.close()
+        env.close()
+    return TrainResult(
+        run_dir=run_dir,
+        batches=config.batches,
+        episodes=config.batches * config.batch_size,
+        seconds=seconds_before + time.perf_counter() - started,
+        final_reward_mean=reward_mean,
+    )
+
+
+def metrics_table(run_dir: str | Path) -> dict[str, np.ndarray]:
+    """``metrics.csv`` of a run as float columns."""
+    rows = _read_metrics(Path(run_dir) / METRICS_FILE)
+    return {key: np.array([float(row[key]) for row in rows]) for key in METRICS_COLUMNS}

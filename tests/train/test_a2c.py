@@ -1,0 +1,84 @@
+"""Returns, advantages and loss terms against values computed by hand."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from hebbgym.train.a2c import Rollout, a2c_loss, discounted_returns, gae_advantages
+
+
+def test_discounted_returns_by_hand() -> None:
+    rewards = torch.tensor([[1.0, 0.0], [0.0, 2.0], [3.0, -1.0]])
+    returns = discounted_returns(rewards, gamma=0.5)
+    # column 0: R2 = 3, R1 = 0 + 0.5*3 = 1.5, R0 = 1 + 0.5*1.5 = 1.75
+    # column 1: R2 = -1, R1 = 2 - 0.5 = 1.5, R0 = 0 + 0.75 = 0.75
+    expected = torch.tensor([[1.75, 0.75], [1.5, 1.5], [3.0, -1.0]])
+    torch.testing.assert_close(returns, expected)
+
+
+def test_discounted_returns_with_bootstrap_and_gamma_extremes() -> None:
+    rewards = torch.tensor([[1.0], [1.0]])
+    torch.testing.assert_close(discounted_returns(rewards, 1.0), torch.tensor([[2.0], [1.0]]))
+    torch.testing.assert_close(discounted_returns(rewards, 0.0), rewards)
+    boot = discounted_returns(rewards, 0.5, bootstrap=torch.tensor([4.0]))
+    torch.testing.assert_close(boot, torch.tensor([[2.5], [3.0]]))
+
+
+def test_gae_by_hand() -> None:
+    rewards = torch.tensor([[1.0], [0.0], [2.0]])
+    values = torch.tensor([[0.5], [1.0], [0.0]])
+    gamma, lam = 0.9, 0.5
+    d2 = 2.0 + 0.0 - 0.0
+    d1 = 0.0 + gamma * 0.0 - 1.0
+    d0 = 1.0 + gamma * 1.0 - 0.5
+    a2 = d2
+    a1 = d1 + gamma * lam * a2
+    a0 = d0 + gamma * lam * a1
+    expected = torch.tensor([[a0], [a1], [a2]])
+    torch.testing.assert_close(gae_advantages(rewards, values, gamma, lam), expected)
+
+
+def test_gae_with_lambda_one_is_monte_carlo_advantage() -> None:
+    torch.manual_seed(0)
+    rewards, values = torch.randn(6, 3), torch.randn(6, 3)
+    mc = discounted_returns(rewards, 0.8) - values
+    torch.testing.assert_close(gae_advantages(rewards, values, 0.8, 1.0), mc)
+
+
+def make_rollout(values: torch.Tensor) -> Rollout:
+    log_probs = torch.tensor([[-0.5, -1.0], [-0.2, -2.0]], requires_grad=True)
+    return Rollout(
+        log_probs=log_probs,
+        entropies=torch.tensor([[0.6, 0.4], [0.5, 0.3]]),
+        sum_squares=torch.tensor([[0.5, 0.7], [0.6, 0.9]]),
+        values=values,
+        rewards=torch.tensor([[1.0, 0.0], [0.0, 1.0]]),
+        modulation=torch.zeros(2, 2, 0),
+    )
+
+
+def test_loss_terms_by_hand_use_per_sample_advantages() -> None:
+    values = torch.tensor([[0.5, 0.2], [0.1, 0.4]], requires_grad=True)
+    rollout = make_rollout(values)
+    terms = a2c_loss(rollout, gamma=1.0, value_coef=0.1, entropy_coef=0.03)
+    returns = torch.tensor([[1.0, 1.0], [0.0, 1.0]])
+    advantages = returns - values.detach()  # each episode against its own values
+    policy = -(rollout.log_probs * advantages).sum(0).mean()
+    value = 0.1 * ((returns - values) ** 2).sum(0).mean()
+    entropy = -0.03 * rollout.entropies.sum(0).mean()
+    torch.testing.assert_close(terms.policy, policy)
+    torch.testing.assert_close(terms.value, value)
+    torch.testing.assert_close(terms.entropy, entropy)
+    torch.testing.assert_close(terms.total, policy + value + entropy)
+    # The advantage must not feed gradients into the value head through the policy term.
+    terms.policy.backward()
+    assert values.grad is None
+
+
+def test_sum_squares_regulariser_and_unknown_kind() -> None:
+    rollout = make_rollout(torch.zeros(2, 2))
+    terms = a2c_loss(rollout, 0.9, 0.1, 0.03, entropy_kind="sum_squares")
+    torch.testing.assert_close(terms.entropy, 0.03 * torch.tensor([1.1, 1.6]).mean())
+    with pytest.raises(ValueError, match="entropy_kind"):
+        a2c_loss(rollout, 0.9, 0.1, 0.03, entropy_kind="gini")
