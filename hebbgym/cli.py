@@ -1,12 +1,160 @@
-"""The ``hebbgym`` command: ``hebbgym play ENV_ID`` (and the training commands)."""
+"""The ``hebbgym`` command: ``train``, ``evaluate``, ``watch`` and ``play``.
+
+Each subcommand is a thin function over the package, parsed by tyro from its signature.
+"""
 
 from __future__ import annotations
 
-from typing import Annotated
+import dataclasses
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Literal
 
 import tyro
 
 import hebbgym
+
+Agent = Literal["modulated", "retroactive", "plastic", "rnn", "lstm"]
+
+
+def train(
+    env: str | None = None,
+    agent: Agent | None = None,
+    seed: int | None = None,
+    episodes: int | None = None,
+    run_dir: Path = Path("runs/default"),
+    resume: bool = False,
+    overwrite: bool = False,
+    hidden_size: int | None = None,
+    batch_size: int | None = None,
+    lr: float | None = None,
+    gamma: float | None = None,
+    gae_lambda: float | None = None,
+    entropy_coef: float | None = None,
+    entropy_kind: Literal["entropy", "sum_squares"] | None = None,
+    grad_clip: float | None = None,
+    plastic_rule: Literal["decay", "oja", "clip"] | None = None,
+    env_kwargs: str | None = None,
+    checkpoint_every: int | None = None,
+    threads: int | None = None,
+    progress: bool = True,
+) -> None:
+    """Train an agent by A2C with backpropagation through whole episodes.
+
+    Unset options take the task's preset (the papers' settings). With --resume the run
+    continues from its last checkpoint with the config it was started with; only
+    --episodes may change (to extend it).
+
+    Args:
+        env: a registered id (default Hebb-Maze-v0).
+        agent: modulated (Backpropamine, the default), retroactive, plastic (no
+            neuromodulation), rnn, lstm.
+        seed: seeds initialisation, sampling and episodes (default 0).
+        episodes: total training episodes (default 20000).
+        run_dir: where config, checkpoint, metrics.csv and TensorBoard logs go.
+        resume: continue the run in run_dir exactly where it stopped.
+        overwrite: replace a run already in run_dir.
+        env_kwargs: JSON object of env kwargs, e.g. '{"size": 11}'.
+    """
+    from hebbgym.train.config import TrainConfig
+    from hebbgym.train.loop import load_run_config
+    from hebbgym.train.loop import train as run_training
+
+    overrides = {
+        "hidden_size": hidden_size,
+        "batch_size": batch_size,
+        "lr": lr,
+        "gamma": gamma,
+        "gae_lambda": gae_lambda,
+        "entropy_coef": entropy_coef,
+        "entropy_kind": entropy_kind,
+        "grad_clip": grad_clip,
+        "plastic_rule": plastic_rule,
+        "env_kwargs": _parse_json_object("env_kwargs", env_kwargs),
+        "checkpoint_every": checkpoint_every,
+        "threads": threads,
+    }
+    overrides.update(env_id=env, agent=agent, seed=seed)
+    given = {key: value for key, value in overrides.items() if value is not None}
+    if resume:
+        config = load_run_config(run_dir)
+        conflicts = [key for key, value in given.items() if getattr(config, key) != value]
+        if conflicts:
+            raise ValueError(
+                f"a resumed run keeps its config; {run_dir} was started with "
+                + ", ".join(f"{key}={getattr(config, key)!r}" for key in conflicts)
+            )
+        if episodes is not None:
+            config = dataclasses.replace(config, episodes=episodes)
+    else:
+        config = TrainConfig(**{"episodes": episodes or 20_000, **given})
+    result = run_training(config, run_dir, resume=resume, overwrite=overwrite, progress=progress)
+    print(
+        json.dumps(
+            {
+                "run_dir": str(result.run_dir),
+                "episodes": result.episodes,
+                "seconds": round(result.seconds, 1),
+                "final_reward_mean": result.final_reward_mean,
+            }
+        )
+    )
+
+
+def _parse_json_object(name: str, text: str | None) -> dict | None:
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"--{name.replace('_', '-')} must be a JSON object: {error}") from error
+    if not isinstance(value, dict):
+        raise ValueError(f"--{name.replace('_', '-')} must be a JSON object, got {text!r}")
+    return value
+
+
+def evaluate(
+    run_dir: Path,
+    episodes: int = 1000,
+    seed: int = 0,
+    greedy: bool = False,
+) -> None:
+    """Evaluate a trained agent (weights frozen, plasticity on); print a JSON summary with
+    the mean, std and the score normalised between random (0) and the oracle (1).
+
+    Args:
+        run_dir: a training run directory.
+        episodes: evaluation episodes.
+        seed: seed of the evaluation episodes (the references play the same ones).
+        greedy: take the most likely action instead of sampling.
+    """
+    from hebbgym.train.evaluate import evaluate_run
+
+    print(json.dumps(evaluate_run(run_dir, episodes, seed, greedy), indent=2))
+
+
+def watch(
+    run_dir: Path,
+    out: Path | None = None,
+    seed: int = 0,
+    episodes: int = 1,
+    greedy: bool = False,
+) -> None:
+    """Play an episode of a trained agent beside live plots of M(t), the rewards and the
+    Hebbian trace; in a window, or recorded headless to --out episode.gif|.mp4.
+
+    Args:
+        run_dir: a training run directory.
+        out: record to this .gif or .mp4 instead of opening a window.
+        seed: seed of the episode.
+        episodes: how many episodes to play.
+        greedy: take the most likely action instead of sampling.
+    """
+    from hebbgym.watch import watch_run
+
+    returns = watch_run(run_dir, seed=seed, out=out, greedy=greedy, episodes=episodes)
+    print(json.dumps({"returns": returns, "out": str(out) if out else None}))
 
 
 def play(
@@ -24,15 +172,29 @@ def play(
     from hebbgym.play import play as play_task
 
     if env_id not in hebbgym.ENV_IDS:
-        raise SystemExit(f"unknown env id {env_id!r}; known: {', '.join(hebbgym.ENV_IDS)}")
+        raise ValueError(f"unknown env id {env_id!r}; known: {', '.join(hebbgym.ENV_IDS)}")
     play_task(env_id, seed=seed, episodes=episodes)
 
 
-COMMANDS = {"play": play}
+COMMANDS = {"train": train, "evaluate": evaluate, "watch": watch, "play": play}
 
 
 def main(args: list[str] | None = None) -> None:
-    tyro.extras.subcommand_cli_from_dict(COMMANDS, args=args, prog="hebbgym")
+    """Entry point of the ``hebbgym`` console script; errors end with a one-line message."""
+    from hebbgym.train.checkpoint import CheckpointError
+    from hebbgym.train.loop import TrainingDiverged
+
+    try:
+        tyro.extras.subcommand_cli_from_dict(COMMANDS, args=args, prog="hebbgym")
+    except (
+        ValueError,
+        FileExistsError,
+        FileNotFoundError,
+        CheckpointError,
+        TrainingDiverged,
+    ) as error:
+        print(f"hebbgym: error: {error}", file=sys.stderr)
+        raise SystemExit(2) from error
 
 
 if __name__ == "__main__":
