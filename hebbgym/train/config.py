@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
@@ -157,6 +158,11 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"unknown config field(s) {unknown}")
         return cls(**data)
+
+
+def physical_memory() -> int:
+    """Bytes of RAM on this machine."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 def _choice(name: str, value: Any, literal: Any) -> None:

@@ -199,6 +199,8 @@ def train(
         run_dir.mkdir(parents=True, exist_ok=True)
         if overwrite:
             _clear_run_dir(run_dir)
+    for stale in run_dir.glob(".*.tmp-*"):  # left by a write that a crash interrupted
+        stale.unlink()
     atomic_write_bytes(run_dir / CONFIG_FILE, json.dumps(config.to_dict(), indent=2).encode())
     _write_metrics(run_dir / METRICS_FILE, metrics)
 
