@@ -199,7 +199,7 @@ def test_nonsense_configs_are_refused_up_front(
 
 def test_a_batch_too_large_for_memory_is_refused_up_front(tmp_path: Path) -> None:
     huge = dataclasses.replace(
-        TINY, batch_size=4096, hidden_size=2048, env_kwargs={"episode_length": 100}
+        TINY, episodes=4096, batch_size=4096, hidden_size=2048, env_kwargs={"episode_length": 100}
     )
     with pytest.raises(ValueError, match=r"batch_size=4096 .* GiB for backpropagation"):
         train(huge, tmp_path / "run", progress=False)
