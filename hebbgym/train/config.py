@@ -136,11 +136,28 @@ class TrainConfig:
                 f"(batch_size={self.batch_size})"
             )
         try:  # a bad env kwarg fails now, not after the model is built
-            gym.make(self.env_id, **self.env_kwargs).close()
+            env = gym.make(self.env_id, **self.env_kwargs)
         except TypeError as error:
             raise ValueError(
                 f"env_kwargs {self.env_kwargs} rejected by {self.env_id}: {error}"
             ) from error
+        episode_length = env.unwrapped.rules.episode_length
+        env.close()
+        needed, available = self.estimated_memory(episode_length), physical_memory()
+        if needed > 0.8 * available:
+            raise ValueError(
+                f"batch_size={self.batch_size} with hidden_size={self.hidden_size or 'preset'} and "
+                f"{episode_length}-step episodes needs about {needed / 2**30:.1f} GiB for "
+                f"backpropagation through time; this machine has {available / 2**30:.1f} GiB"
+            )
+
+    def estimated_memory(self, episode_length: int) -> int:
+        """Bytes kept for one backward pass: a few ``B x N x N`` traces per step for the
+        plastic agents, a few ``B x N`` activations for the others (float32)."""
+        hidden = self.hidden_size or TASK_PRESETS[self.env_id].hidden_size
+        plastic = self.agent in ("modulated", "retroactive", "plastic")
+        per_step = (4 * hidden * hidden if plastic else 0) + 16 * hidden
+        return 4 * self.batch_size * episode_length * per_step
 
     @property
     def batches(self) -> int:
