@@ -176,7 +176,23 @@ def play(
     play_task(env_id, seed=seed, episodes=episodes)
 
 
-COMMANDS = {"train": train, "evaluate": evaluate, "watch": watch, "play": play}
+def sweep(config: Path, address: str | None = None, cpus: int | None = None) -> None:
+    """Run a grid of trainings (agents × seeds × hyperparameters) on Ray Tune; running it
+    again resumes it. Writes summary.csv and curves.png beside the trials.
+
+    Args:
+        config: a sweep YAML file (see sweeps/).
+        address: an existing Ray cluster, e.g. ray://head:10001 (default: a local instance).
+        cpus: CPUs of the local Ray instance (default: all).
+    """
+    from hebbgym.sweep import SweepConfig, run_sweep
+
+    print(
+        json.dumps(run_sweep(SweepConfig.from_file(config), address=address, cpus=cpus), indent=2)
+    )
+
+
+COMMANDS = {"train": train, "evaluate": evaluate, "watch": watch, "play": play, "sweep": sweep}
 
 
 def main(args: list[str] | None = None) -> None:

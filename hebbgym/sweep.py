@@ -1,0 +1,252 @@
+"""Grids of training runs (agents × seeds × hyperparameters) on Ray Tune.
+
+A sweep is a YAML file::
+
+    name: conditioning
+    out_dir: runs/sweeps          # trials go to out_dir/name/<trial>/
+    cpus_per_trial: 1
+    base:                         # TrainConfig fields shared by every trial
+      env_id: Hebb-Conditioning-v0
+      episodes: 6000
+    grid:                         # TrainConfig field -> values; the trials are the product
+      agent: [modulated, rnn]
+      seed: [0, 1, 2, 3, 4]
+
+Each trial is an ordinary run directory (config, checkpoint, metrics), trained by
+:func:`hebbgym.train.loop.train`, so any trial can be watched or evaluated like a normal run.
+Running a sweep again resumes it: finished trials are skipped, interrupted ones continue
+from their last checkpoint. Ray is an optional extra (``pip install 'hebbgym[sweep]'``); on a
+cluster pass ``address`` and nothing else changes.
+"""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hebbgym.train.checkpoint import load_checkpoint
+from hebbgym.train.config import TrainConfig
+from hebbgym.train.loop import CHECKPOINT_FILE, RUN_FILES, metrics_table, train
+from hebbgym.train.plots import plot_learning_curves
+
+INSTALL_HINT = "sweeps need Ray Tune and PyYAML: pip install 'hebbgym[sweep]'"
+SUMMARY_FILE = "summary.csv"
+CURVES_FILE = "curves.png"
+FINAL_FRACTION = 0.1
+
+
+@dataclass(frozen=True)
+class Trial:
+    name: str
+    config: TrainConfig
+    run_dir: Path
+    params: dict[str, Any]
+
+
+@dataclass
+class SweepConfig:
+    name: str
+    grid: dict[str, list[Any]]
+    base: dict[str, Any] = field(default_factory=dict)
+    out_dir: Path = Path("runs/sweeps")
+    cpus_per_trial: float = 1.0
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> SweepConfig:
+        """Read a YAML (or JSON) sweep file; unknown keys and fields are errors."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no sweep config there")
+        try:
+            import yaml
+        except ImportError as error:
+            raise SystemExit(INSTALL_HINT) from error
+        data = yaml.safe_load(path.read_text())
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: a sweep config is a mapping, got {type(data).__name__}")
+        unknown = sorted(set(data) - {"name", "grid", "base", "out_dir", "cpus_per_trial"})
+        if unknown:
+            raise ValueError(f"{path}: unknown sweep key(s) {unknown}")
+        if "name" not in data or "grid" not in data:
+            raise ValueError(f"{path}: a sweep config needs 'name' and 'grid'")
+        sweep = cls(
+            name=str(data["name"]),
+            grid=data["grid"],
+            base=data.get("base") or {},
+            out_dir=Path(data.get("out_dir", "runs/sweeps")),
+            cpus_per_trial=float(data.get("cpus_per_trial", 1.0)),
+        )
+        sweep.trials()  # validate every trial's config now, before anything runs
+        return sweep
+
+    @property
+    def directory(self) -> Path:
+        return self.out_dir / self.name
+
+    def trials(self) -> list[Trial]:
+        """The product of the grid over the base config, each validated."""
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", self.name):
+            raise ValueError(f"sweep name {self.name!r} must be letters, digits, '_', '.', '-'")
+        if not isinstance(self.grid, dict) or not self.grid:
+            raise ValueError("grid must map at least one TrainConfig field to a list of values")
+        for key, values in self.grid.items():
+            if not isinstance(values, list) or not values:
+                raise ValueError(f"grid[{key!r}] must be a non-empty list, got {values!r}")
+        if self.cpus_per_trial <= 0:
+            raise ValueError(f"cpus_per_trial must be > 0, got {self.cpus_per_trial}")
+        keys = list(self.grid)
+        trials = []
+        for values in itertools.product(*(self.grid[key] for key in keys)):
+            params = dict(zip(keys, values, strict=True))
+            name = "-".join(f"{key}={_slug(value)}" for key, value in params.items())
+            threads = max(1, int(self.cpus_per_trial))
+            try:
+                config = TrainConfig.from_dict(
+                    {"threads": threads, **self.base, **params}
+                ).resolved()
+            except (TypeError, ValueError) as error:
+                raise ValueError(f"trial {name}: {error}") from error
+            trials.append(Trial(name, config, (self.directory / name).resolve(), params))
+        return trials
+
+
+def _slug(value: Any) -> str:
+    text = json.dumps(value, sort_keys=True) if isinstance(value, dict | list) else str(value)
+    return re.sub(r"[^A-Za-z0-9_.]+", "_", text).strip("_")
+
+
+def is_finished(trial: Trial) -> bool:
+    path = trial.run_dir / CHECKPOINT_FILE
+    return path.exists() and load_checkpoint(path).progress["batch"] >= trial.config.batches - 1
+
+
+def run_trial(trial: Trial) -> dict[str, Any]:
+    """Train one trial to the end, resuming it if a checkpoint exists; finished: no-op."""
+    if not is_finished(trial):
+        has_checkpoint = (trial.run_dir / CHECKPOINT_FILE).exists()
+        leftovers = any((trial.run_dir / name).exists() for name in RUN_FILES)
+        train(
+            trial.config,
+            trial.run_dir,
+            resume=has_checkpoint,
+            overwrite=leftovers and not has_checkpoint,
+            progress=False,
+        )
+    return trial_result(trial)
+
+
+def trial_result(trial: Trial) -> dict[str, Any]:
+    table = metrics_table(trial.run_dir)
+    rewards = table["reward_mean"]
+    tail = rewards[-max(1, int(len(rewards) * FINAL_FRACTION)) :] if len(rewards) else rewards
+    return {
+        "trial": trial.name,
+        **{
+            key: json.dumps(value) if isinstance(value, dict | list) else value
+            for key, value in trial.params.items()
+        },
+        "env_id": trial.config.env_id,
+        "episodes": int(table["episode"][-1]) if len(rewards) else 0,
+        "final_reward": float(tail.mean()) if len(tail) else float("nan"),
+        "seconds": float(table["seconds"][-1]) if len(rewards) else 0.0,
+        "run_dir": str(trial.run_dir),
+    }
+
+
+def aggregate(sweep: SweepConfig) -> tuple[Path, Path | None]:
+    """Write ``summary.csv`` (one row per trial) and ``curves.png`` (median/IQR over seeds of
+    each combination of the other grid values)."""
+    trials = [trial for trial in sweep.trials() if (trial.run_dir / CHECKPOINT_FILE).exists()]
+    rows = [trial_result(trial) for trial in trials]
+    sweep.directory.mkdir(parents=True, exist_ok=True)
+    summary = sweep.directory / SUMMARY_FILE
+    columns = list(rows[0]) if rows else ["trial"]
+    with open(summary, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    groups: dict[str, list[Path]] = {}
+    for trial in trials:
+        label = ", ".join(f"{k}={v}" for k, v in trial.params.items() if k != "seed") or "all"
+        groups.setdefault(label, []).append(trial.run_dir)
+    if not groups:
+        return summary, None
+    env_ids = sorted({trial.config.env_id for trial in trials})
+    curves = plot_learning_curves(
+        groups, sweep.directory / CURVES_FILE, f"{sweep.name}: {', '.join(env_ids)}"
+    )
+    return summary, curves
+
+
+def _ray_trainable(params: dict[str, Any]) -> None:
+    from ray import tune
+
+    spec = params["trial"]
+    trial = Trial(
+        spec["name"], TrainConfig.from_dict(spec["config"]), Path(spec["run_dir"]), spec["params"]
+    )
+    result = run_trial(trial)
+    tune.report({key: value for key, value in result.items() if isinstance(value, int | float)})
+
+
+def run_sweep(
+    sweep: SweepConfig, address: str | None = None, cpus: int | None = None
+) -> dict[str, Any]:
+    """Run every unfinished trial on Ray Tune (a local instance, or the cluster at
+    ``address``), then aggregate. Returns the summary rows and the files written."""
+    try:
+        import ray
+        from ray import tune
+    except ImportError as error:
+        raise SystemExit(INSTALL_HINT) from error
+    trials = sweep.trials()
+    pending = [trial for trial in trials if not is_finished(trial)]
+    if pending:
+        if address is None:
+            ray.init(
+                num_cpus=cpus,
+                include_dashboard=False,
+                ignore_reinit_error=True,
+                log_to_driver=False,
+            )
+        else:
+            ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
+        specs = [
+            {
+                "name": t.name,
+                "config": t.config.to_dict(),
+                "run_dir": str(t.run_dir),
+                "params": t.params,
+            }
+            for t in pending
+        ]
+        tuner = tune.Tuner(
+            tune.with_resources(_ray_trainable, {"cpu": sweep.cpus_per_trial}),
+            param_space={"trial": tune.grid_search(specs)},
+            run_config=tune.RunConfig(
+                name=sweep.name,
+                storage_path=str((sweep.directory / "ray").resolve()),
+                verbose=0,
+            ),
+        )
+        results = tuner.fit()
+        errors = [str(result.error) for result in results if result.error is not None]
+        if errors:
+            raise RuntimeError(f"{len(errors)} trial(s) failed: {errors[0]}")
+    summary, curves = aggregate(sweep)
+    finished = [trial_result(trial) for trial in trials]
+    return {
+        "trials": len(trials),
+        "ran": len(pending),
+        "summary": str(summary),
+        "curves": str(curves) if curves else None,
+        "final_reward": {row["trial"]: row["final_reward"] for row in finished},
+        "median_final_reward": float(np.median([row["final_reward"] for row in finished])),
+    }

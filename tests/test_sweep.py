@@ -1,0 +1,98 @@
+"""Sweeps on a local Ray instance: trials are ordinary runs, and a rerun resumes."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from hebbgym.sweep import INSTALL_HINT, SweepConfig, run_sweep, run_trial
+from hebbgym.train.checkpoint import load_checkpoint
+from hebbgym.train.loop import CHECKPOINT_FILE, load_agent, metrics_table
+
+SWEEP_YAML = """
+name: tiny
+out_dir: {out_dir}
+cpus_per_trial: 1
+base:
+  env_id: Hebb-ReversalBandit-v0
+  episodes: 24
+  batch_size: 4
+  hidden_size: 8
+  lr: 0.01
+  env_kwargs: {{episode_length: 10}}
+  checkpoint_every: 2
+grid:
+  agent: [modulated, rnn]
+  seed: [1]
+"""
+
+
+@pytest.fixture
+def sweep_file(tmp_path: Path) -> Path:
+    path = tmp_path / "tiny.yaml"
+    path.write_text(SWEEP_YAML.format(out_dir=tmp_path / "sweeps"))
+    return path
+
+
+def test_config_is_validated_before_anything_runs(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("name: bad\ngrid: {agent: [modulated, transformer]}\n")
+    with pytest.raises(ValueError, match="trial agent=transformer: agent must be one of"):
+        SweepConfig.from_file(path)
+    path.write_text("name: bad\ngrid: {agent: [rnn]}\nbudget: 3\n")
+    with pytest.raises(ValueError, match="unknown sweep key"):
+        SweepConfig.from_file(path)
+    with pytest.raises(FileNotFoundError):
+        SweepConfig.from_file(tmp_path / "missing.yaml")
+
+
+def test_without_ray_the_command_says_how_to_install(
+    sweep_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "ray", None)
+    with pytest.raises(SystemExit, match=r"pip install 'hebbgym\[sweep\]'"):
+        run_sweep(SweepConfig.from_file(sweep_file))
+    assert "ray" in INSTALL_HINT.lower()
+
+
+def test_two_trial_sweep_then_rerun_resumes_without_rerunning(sweep_file: Path) -> None:
+    sweep = SweepConfig.from_file(sweep_file)
+    modulated, rnn = sweep.trials()
+    # A sweep killed earlier: one trial finished, the other stopped after its first checkpoint.
+    run_trial(modulated)
+    run_trial(dataclasses.replace(rnn, config=dataclasses.replace(rnn.config, episodes=8)))
+    finished = (modulated.run_dir / CHECKPOINT_FILE).stat().st_mtime_ns
+    assert load_checkpoint(rnn.run_dir / CHECKPOINT_FILE).progress["batch"] == 1
+
+    result = run_sweep(sweep, cpus=2)
+    assert result["trials"] == 2 and result["ran"] == 1
+    assert (modulated.run_dir / CHECKPOINT_FILE).stat().st_mtime_ns == finished
+    assert load_checkpoint(rnn.run_dir / CHECKPOINT_FILE).progress["batch"] == 5
+    assert list(metrics_table(rnn.run_dir)["batch"]) == list(range(6))
+
+    # The resumed trial ends where an uninterrupted run ends.
+    reference = dataclasses.replace(rnn, run_dir=sweep_file.parent / "reference")
+    run_trial(reference)
+    _, resumed_agent, _ = load_agent(rnn.run_dir)
+    _, reference_agent, _ = load_agent(reference.run_dir)
+    for (name, a), (_, b) in zip(
+        resumed_agent.state_dict().items(), reference_agent.state_dict().items(), strict=True
+    ):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+
+    with open(result["summary"], newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert sorted(row["agent"] for row in rows) == ["modulated", "rnn"]
+    for row in rows:
+        expected = metrics_table(row["run_dir"])["reward_mean"][-1:].mean()
+        assert float(row["final_reward"]) == pytest.approx(expected)
+        assert int(row["episodes"]) == 24
+    assert Path(result["curves"]).stat().st_size > 10_000
+
+    again = run_sweep(sweep, cpus=2)
+    assert again["ran"] == 0 and again["final_reward"] == result["final_reward"]
