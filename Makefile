@@ -10,7 +10,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	# torch first, pinned: a CPU build that lies on disk here; anything looser downloads GBs.
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e ".[dev,sweep]"
+	$(BIN)/pip install --quiet -e ".[dev,sweep,experiments]"
 	touch $(STAMP)
 
 demo: $(STAMP)

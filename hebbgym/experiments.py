@@ -1,0 +1,283 @@
+"""Reproduce the papers' comparisons: sweeps of our agents, stable-baselines3 baselines on
+the same env ids and step budget, reference policies, final evaluation, statistics, and
+the Markdown + PNG section of the results report.
+
+The recipes in ``scripts/reproduce_*.py`` call :func:`reproduce` with a sweep file.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+from hebbgym.agents.references import REFERENCE_POLICIES, evaluate_reference
+from hebbgym.sweep import SweepConfig, Trial, run_sweep
+from hebbgym.train.evaluate import evaluate_agent
+from hebbgym.train.loop import METRICS_COLUMNS, load_agent
+from hebbgym.train.plots import plot_learning_curves
+
+SB3_ALGORITHMS = ("sb3-a2c", "sb3-recurrent-ppo")
+EVALUATION_FILE = "evaluation.json"
+
+
+@dataclass(frozen=True)
+class Sb3Run:
+    algorithm: str
+    seed: int
+    run_dir: Path
+
+
+def _sb3_model(algorithm: str, env: Any, seed: int) -> Any:
+    if algorithm == "sb3-a2c":
+        from stable_baselines3 import A2C
+
+        return A2C("MlpPolicy", env, seed=seed, device="cpu", verbose=0)
+    if algorithm == "sb3-recurrent-ppo":
+        from sb3_contrib import RecurrentPPO
+
+        return RecurrentPPO("MlpLstmPolicy", env, seed=seed, device="cpu", verbose=0)
+    raise ValueError(f"unknown SB3 algorithm {algorithm!r}; known: {list(SB3_ALGORITHMS)}")
+
+
+def train_sb3(
+    algorithm: str,
+    env_id: str,
+    env_steps: int,
+    seed: int,
+    run_dir: Path,
+    evaluation_episodes: int,
+    env_kwargs: dict[str, Any] | None = None,
+    batch_episodes: int = 30,
+) -> dict[str, Any]:
+    """Train an SB3 agent for ``env_steps`` steps, log its training returns as a
+    ``metrics.csv`` comparable with ours, and evaluate it on the evaluation episodes."""
+    import torch
+    from stable_baselines3.common.env_util import make_vec_env
+
+    env_kwargs = env_kwargs or {}
+    evaluation = run_dir / EVALUATION_FILE
+    if evaluation.exists():
+        return json.loads(evaluation.read_text())
+    run_dir.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(1)
+    start = time.perf_counter()
+    env = make_vec_env(env_id, n_envs=8, seed=seed, env_kwargs=env_kwargs)
+    model = _sb3_model(algorithm, env, seed)
+    model.learn(total_timesteps=env_steps)
+    seconds = time.perf_counter() - start
+    episode_returns = _monitor_returns(env)
+    _write_sb3_metrics(run_dir, episode_returns, batch_episodes, seconds)
+    returns = evaluate_sb3(model, env_id, evaluation_episodes, seed=10_000, env_kwargs=env_kwargs)
+    result = {"returns": returns.tolist(), "seconds": seconds, "env_steps": env_steps}
+    evaluation.write_text(json.dumps(result))
+    return result
+
+
+def _monitor_returns(env: Any) -> np.ndarray:
+    """Training episode returns of all sub-envs, in the order the episodes ended."""
+    rewards = env.env_method("get_episode_rewards")
+    times = env.env_method("get_episode_times")
+    pairs = sorted(
+        (t, r) for rs, ts in zip(rewards, times, strict=True) for r, t in zip(rs, ts, strict=True)
+    )
+    return np.array([r for _, r in pairs], dtype=np.float64)
+
+
+def _write_sb3_metrics(run_dir: Path, returns: np.ndarray, batch: int, seconds: float) -> None:
+    rows = []
+    for index in range(len(returns) // batch):
+        chunk = returns[index * batch : (index + 1) * batch]
+        row = dict.fromkeys(METRICS_COLUMNS, float("nan"))
+        row.update(
+            episode=(index + 1) * batch,
+            batch=index,
+            reward_mean=float(chunk.mean()),
+            reward_std=float(chunk.std()),
+            seconds=seconds * (index + 1) * batch / max(len(returns), 1),
+        )
+        rows.append(row)
+    with open(run_dir / "metrics.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=METRICS_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def evaluate_sb3(
+    model: Any, env_id: str, episodes: int, seed: int, env_kwargs: dict[str, Any], batch: int = 100
+) -> np.ndarray:
+    """SB3 agent returns on the same episodes (seeds) as :func:`evaluate_agent` uses."""
+    batch = min(batch, episodes)
+    env = gym.make_vec(
+        env_id, num_envs=batch, vectorization_mode="vector_entry_point", **env_kwargs
+    )
+    returns = []
+    for index in range(-(-episodes // batch)):
+        obs, _ = env.reset(seed=seed + index * batch)
+        states, starts = None, np.ones(batch, dtype=bool)
+        total = np.zeros(batch)
+        for _ in range(env.unwrapped.batch.length):
+            actions, states = model.predict(
+                obs, state=states, episode_start=starts, deterministic=False
+            )
+            obs, reward, _, _, _ = env.step(actions)
+            starts[:] = False
+            total += reward
+        returns.append(total)
+    env.close()
+    return np.concatenate(returns)[:episodes]
+
+
+def rank_sum_p(a: np.ndarray, b: np.ndarray) -> float:
+    """Two-sided Mann-Whitney U (rank-sum) p-value, as the papers compared agents."""
+    from scipy.stats import mannwhitneyu
+
+    if len(a) == 0 or len(b) == 0:
+        return float("nan")
+    return float(mannwhitneyu(a, b, alternative="two-sided").pvalue)
+
+
+def _evaluate_trial(trial: Trial, episodes: int) -> dict[str, Any]:
+    path = trial.run_dir / EVALUATION_FILE
+    if path.exists():
+        return json.loads(path.read_text())
+    config, agent, progress = load_agent(trial.run_dir)
+    start = time.perf_counter()
+    returns = evaluate_agent(config, agent, episodes, seed=10_000)
+    result = {
+        "returns": returns.tolist(),
+        "seconds": float(progress["seconds"]),
+        "evaluation_seconds": time.perf_counter() - start,
+        "episodes_trained": int(progress["episodes"]),
+    }
+    path.write_text(json.dumps(result))
+    return result
+
+
+def reproduce(
+    sweep_file: str | Path,
+    report_dir: str | Path = "docs/results",
+    evaluation_episodes: int = 1000,
+    sb3: bool = True,
+    cpus: int | None = None,
+) -> Path:
+    """Run (or resume) a task's sweep and SB3 baselines, evaluate everything on the same
+    episodes, and write ``report_dir/<name>.md`` with its learning-curve PNG."""
+    sweep = SweepConfig.from_file(sweep_file)
+    run_sweep(sweep, cpus=cpus)
+    trials = sweep.trials()
+    env_id = trials[0].config.env_id
+    env_kwargs = trials[0].config.env_kwargs
+    length = gym.make(env_id, **env_kwargs).unwrapped.rules.episode_length
+    groups: dict[str, list[Path]] = {}
+    finals: dict[str, list[float]] = {}
+    seconds: dict[str, list[float]] = {}
+    for trial in trials:
+        result = _evaluate_trial(trial, evaluation_episodes)
+        groups.setdefault(trial.config.agent, []).append(trial.run_dir)
+        finals.setdefault(trial.config.agent, []).append(float(np.mean(result["returns"])))
+        seconds.setdefault(trial.config.agent, []).append(result["seconds"])
+    if sb3:
+        seeds = sorted({trial.config.seed for trial in trials})
+        env_steps = trials[0].config.batches * trials[0].config.batch_size * length
+        for algorithm in SB3_ALGORITHMS:
+            for seed in seeds:
+                run_dir = sweep.directory / f"{algorithm}-seed={seed}"
+                result = train_sb3(
+                    algorithm, env_id, env_steps, seed, run_dir, evaluation_episodes, env_kwargs
+                )
+                groups.setdefault(algorithm, []).append(run_dir)
+                finals.setdefault(algorithm, []).append(float(np.mean(result["returns"])))
+                seconds.setdefault(algorithm, []).append(result["seconds"])
+    references = {
+        name: float(
+            evaluate_reference(env_id, name, evaluation_episodes, 10_000, **env_kwargs).mean()
+        )
+        for name in REFERENCE_POLICIES[env_id]
+    }
+    report_dir = Path(report_dir)
+    curves = plot_learning_curves(
+        groups,
+        report_dir / f"{sweep.name}.png",
+        f"{env_id}: reward per episode while training (median, IQR over seeds)",
+        references={k: v for k, v in references.items() if k in ("random", "oracle")},
+    )
+    page = report_dir / f"{sweep.name}.md"
+    page.write_text(
+        _markdown(
+            sweep, env_id, env_kwargs, finals, seconds, references, curves.name, evaluation_episodes
+        )
+    )
+    return page
+
+
+def _markdown(
+    sweep: SweepConfig,
+    env_id: str,
+    env_kwargs: dict[str, Any],
+    finals: dict[str, list[float]],
+    seconds: dict[str, list[float]],
+    references: dict[str, float],
+    curves: str,
+    evaluation_episodes: int,
+) -> str:
+    random_mean, oracle_mean = references["random"], references["oracle"]
+    trial = sweep.trials()[0]
+    lines = [
+        f"## {env_id}" + (f" ({env_kwargs})" if env_kwargs else ""),
+        "",
+        f"Budget per run: {trial.config.batches * trial.config.batch_size} training episodes; "
+        f"{len(next(iter(finals.values())))} seeds per agent; final evaluation on the same "
+        f"{evaluation_episodes} held-out episodes for every run (weights frozen, plasticity on).",
+        "",
+        f"![learning curves]({curves})",
+        "",
+        "| agent | mean reward (median over seeds) | IQR | normalised score "
+        "| p (rank-sum vs modulated) | train time / run |",
+        "|---|---|---|---|---|---|",
+    ]
+    modulated = np.array(finals.get("modulated", []))
+    for agent, values in finals.items():
+        values = np.array(values)
+        low, median, high = np.percentile(values, [25, 50, 75])
+        score = (
+            (median - random_mean) / (oracle_mean - random_mean)
+            if oracle_mean > random_mean
+            else float("nan")
+        )
+        p = "—" if agent == "modulated" else f"{rank_sum_p(modulated, values):.3g}"
+        lines.append(
+            f"| {agent} | {median:.2f} | {low:.2f}–{high:.2f} | {score:.2f} | {p} | "
+            f"{np.median(seconds[agent]):.0f} s |"
+        )
+    for name, value in references.items():
+        score = (
+            (value - random_mean) / (oracle_mean - random_mean)
+            if oracle_mean > random_mean
+            else float("nan")
+        )
+        lines.append(f"| reference: {name} | {value:.2f} | — | {score:.2f} | — | — |")
+    lines.append("")
+    return "\n".join(lines)
+
+
+def main(sweep_file: str) -> None:
+    """Command line of the ``scripts/reproduce_*.py`` recipes."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=f"reproduce {sweep_file}")
+    parser.add_argument("--no-sb3", action="store_true", help="skip the stable-baselines3 runs")
+    parser.add_argument("--cpus", type=int, default=None, help="CPUs of the local Ray instance")
+    parser.add_argument("--episodes", type=int, default=1000, help="evaluation episodes per seed")
+    parser.add_argument("--report-dir", default="docs/results")
+    args = parser.parse_args()
+    page = reproduce(
+        sweep_file, args.report_dir, args.episodes, sb3=not args.no_sb3, cpus=args.cpus
+    )
+    print(f"wrote {page}")

@@ -1,0 +1,13 @@
+"""Reproduce the maze comparison of the results report.
+
+    python scripts/reproduce_maze.py [--no-sb3] [--cpus N]
+
+Runs (or resumes) the sweep file below and the stable-baselines3 baselines on the same
+step budget, evaluates everything on 1000 held-out episodes per seed, and writes
+docs/results/maze.md with its learning curves.
+"""
+
+from hebbgym.experiments import main
+
+if __name__ == "__main__":
+    main("sweeps/maze.yaml")
