@@ -150,10 +150,18 @@ class TaskRules(ABC):
         try:
             return [self.check_task(task)] * num_envs
         except (TypeError, ValueError) as single_error:
-            is_sequence = isinstance(task, Sequence | np.ndarray) and not isinstance(task, str)
-            if not is_sequence or len(task) != num_envs:
+            if isinstance(task, Mapping):  # a batched dict, e.g. a vector env's info["task"]
+                fields = {key: value for key, value in task.items() if not key.startswith("_")}
+                if not all(_has_length(value, num_envs) for value in fields.values()):
+                    raise single_error
+                task = [{key: value[i] for key, value in fields.items()} for i in range(num_envs)]
+            elif not _has_length(task, num_envs) or isinstance(task, str):
                 raise single_error
             return [self.check_task(one) for one in task]
+
+
+def _has_length(value: Any, length: int) -> bool:
+    return isinstance(value, Sequence | np.ndarray) and len(value) == length
 
 
 class EpisodeBatch:
@@ -268,9 +276,9 @@ class HebbEnv(gym.Env):
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
     ) -> tuple[np.ndarray, dict[str, Any]]:
-        super().reset(seed=seed)
         options = check_options(options, RESET_OPTIONS)
         tasks = [self.rules.check_task(options["task"])] if "task" in options else None
+        super().reset(seed=seed)
         self.batch.reset_rows(np.array([0]), [self.np_random], tasks)
         self._needs_reset = False
         if self.render_mode == "human":
@@ -340,6 +348,8 @@ class HebbVectorEnv(VectorEnv):
                 f"vector envs render only 'rgb_array', got render_mode={render_mode!r}"
             )
         self.rules = self.rules_class(**kwargs)
+        if max_episode_steps is not None:
+            max_episode_steps = check_int("max_episode_steps", max_episode_steps, low=1)
         if max_episode_steps is not None and max_episode_steps < self.rules.episode_length:
             gym.logger.warn(
                 f"max_episode_steps={max_episode_steps} cuts episodes of episode_length="

@@ -18,6 +18,8 @@ def check_int(name: str, value: Any, low: int | None = None, high: int | None = 
     """Return ``value`` as an int, or raise if it is not an integer within ``[low, high]``."""
     if isinstance(value, bool | np.bool_) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an integer, got {value!r} ({type(value).__name__})")
+    if isinstance(value, np.timedelta64):
+        raise TypeError(f"{name} must be an integer, got {value!r} (timedelta64)")
     value = int(value)
     if low is not None and value < low:
         raise ValueError(f"{name} must be >= {low}, got {value}")
@@ -55,16 +57,33 @@ def check_options(options: Mapping[str, Any] | None, allowed: tuple[str, ...]) -
         return {}
     if not isinstance(options, Mapping):
         raise TypeError(f"options must be a dict, got {type(options).__name__}")
-    unknown = sorted(set(options) - set(allowed))
+    unknown = sorted(set(options) - set(allowed), key=repr)
     if unknown:
         raise ValueError(f"unknown reset option(s) {unknown}; allowed: {list(allowed)}")
     return dict(options)
 
 
+def as_array(name: str, value: Any, bool_error: type[Exception] = TypeError) -> np.ndarray:
+    """``np.asarray`` that refuses ragged nesting and bools hidden in lists by name, instead
+    of numpy's generic message or a silent ``True -> 1``."""
+    if _holds_bool(value):
+        raise bool_error(f"{name} must not contain bools, got {value!r}")
+    try:
+        return np.asarray(value)
+    except ValueError as error:
+        raise ValueError(f"{name} must be a rectangular array, got {value!r}") from error
+
+
+def _holds_bool(value: Any) -> bool:
+    if isinstance(value, list | tuple):
+        return any(isinstance(item, bool | np.bool_) or _holds_bool(item) for item in value)
+    return False
+
+
 def check_discrete_actions(actions: Any, n: int, shape: tuple[int, ...]) -> np.ndarray:
     """Validate integer actions of a ``Discrete(n)`` space, batched to ``shape``."""
-    array = np.asarray(actions)
-    if array.dtype == np.bool_ or not np.issubdtype(array.dtype, np.integer):
+    array = as_array("actions", actions)
+    if array.dtype.kind not in "iu":  # refuses bools, floats, complex, timedelta, objects
         raise TypeError(
             f"actions must be integers in [0, {n - 1}], got {actions!r} (dtype {array.dtype})"
         )
@@ -78,8 +97,8 @@ def check_discrete_actions(actions: Any, n: int, shape: tuple[int, ...]) -> np.n
 
 def check_box_actions(actions: Any, low: float, high: float, shape: tuple[int, ...]) -> np.ndarray:
     """Validate real-valued actions batched to ``shape``: finite and inside ``[low, high]``."""
-    array = np.asarray(actions)
-    if array.dtype == np.bool_ or not np.issubdtype(array.dtype, np.number):
+    array = as_array("actions", actions)
+    if array.dtype.kind not in "iuf":  # refuses bools, complex, timedelta, objects
         raise TypeError(f"actions must be real numbers, got {actions!r} (dtype {array.dtype})")
     if array.shape != shape:
         raise ValueError(f"actions must have shape {shape}, got {array.shape}")

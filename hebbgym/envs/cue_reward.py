@@ -9,7 +9,7 @@ import numpy as np
 from gymnasium import spaces
 
 from hebbgym.envs.base import EpisodeBatch, HebbEnv, HebbVectorEnv, TaskRules
-from hebbgym.envs.checks import check_bool, check_int
+from hebbgym.envs.checks import as_array, check_bool, check_int
 from hebbgym.envs.rendering import (
     ACCENT,
     AGENT,
@@ -62,7 +62,11 @@ class CueRewardRules(TaskRules):
         target = int(rng.integers(self.n_cues))
         if self.one_hot:
             return {"cues": self.fixed_cues.copy(), "target": target}
-        while True:
+        if self.cue_size <= 30:  # draw distinct bit patterns directly: no retry loop
+            codes = rng.choice(2**self.cue_size, size=self.n_cues, replace=False)
+            bits = (codes[:, None] >> np.arange(self.cue_size)) & 1
+            return {"cues": (2 * bits - 1).astype(np.int8), "target": target}
+        while True:  # 2**31+ patterns: a repeat is all but impossible, but never return one
             cues = np.where(rng.random((self.n_cues, self.cue_size)) < 0.5, -1, 1).astype(np.int8)
             if len(np.unique(cues, axis=0)) == self.n_cues:
                 return {"cues": cues, "target": target}
@@ -72,7 +76,9 @@ class CueRewardRules(TaskRules):
             raise ValueError(
                 f"cue-reward task must be a dict with keys 'cues' and 'target', got {task!r}"
             )
-        cues, target = np.asarray(task["cues"]), task["target"]
+        cues, target = as_array("task cues", task["cues"], ValueError), task["target"]
+        if cues.dtype.kind not in "iuf":
+            raise ValueError(f"task cues must be numbers, got dtype {cues.dtype}")
         if cues.shape != (self.n_cues, self.cue_size):
             raise ValueError(
                 f"task cues must have shape {(self.n_cues, self.cue_size)}, got {cues.shape}"

@@ -9,7 +9,7 @@ import numpy as np
 from gymnasium import spaces
 
 from hebbgym.envs.base import EpisodeBatch, HebbEnv, HebbVectorEnv, TaskRules
-from hebbgym.envs.checks import check_float, check_int
+from hebbgym.envs.checks import as_array, check_float, check_int
 from hebbgym.envs.rendering import AGENT, GOOD, GRID, HEADER_HEIGHT, MUTED, WALL, Painter
 
 
@@ -77,8 +77,8 @@ class MazeRules(TaskRules):
         return int(row), int(col)
 
     def check_task(self, task: Any) -> tuple[int, int]:
-        cell = np.asarray(task)
-        if cell.shape != (2,) or not np.issubdtype(cell.dtype, np.integer):
+        cell = as_array("maze task", task, ValueError)
+        if cell.shape != (2,) or cell.dtype.kind not in "iu":
             raise ValueError(
                 f"maze task must be a reward cell (row, col) of two ints, got {task!r}"
             )

@@ -64,9 +64,10 @@ class ReversalBanditRules(TaskRules):
         steps = self.episode_length + 1
         if self.hazard is None:
             # Uniform over the whole steps in [T/4, 3T/4].
-            first, last = -(-self.episode_length // 4), 3 * self.episode_length // 4
+            first = max(1, -(-self.episode_length // 4))
+            last = max(first, 3 * self.episode_length // 4)
             switches = np.zeros(steps, dtype=np.int64)
-            switches[max(1, rng.integers(first, last + 1))] = rng.integers(1, self.arms)
+            switches[rng.integers(first, last + 1)] = rng.integers(1, self.arms)
         else:
             switches = (rng.random(steps) < self.hazard) * rng.integers(1, self.arms, size=steps)
             switches[0] = 0
