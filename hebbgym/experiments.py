@@ -170,7 +170,7 @@ def reproduce(
     """Run (or resume) a task's sweep and SB3 baselines, evaluate everything on the same
     episodes, and write ``report_dir/<name>.md`` with its learning-curve PNG."""
     sweep = SweepConfig.from_file(sweep_file)
-    run_sweep(sweep, cpus=cpus)
+    failed = run_sweep(sweep, cpus=cpus)["failed"]
     trials = sweep.trials()
     env_id = trials[0].config.env_id
     env_kwargs = trials[0].config.env_kwargs
@@ -209,11 +209,13 @@ def reproduce(
         references={k: v for k, v in references.items() if k in ("random", "oracle")},
     )
     page = report_dir / f"{sweep.name}.md"
-    page.write_text(
-        _markdown(
-            sweep, env_id, env_kwargs, finals, seconds, references, curves.name, evaluation_episodes
-        )
+    text = _markdown(
+        sweep, env_id, env_kwargs, finals, seconds, references, curves.name, evaluation_episodes
     )
+    if failed:
+        text += "\nRuns that stopped early (evaluated at their last good checkpoint):\n\n"
+        text += "".join(f"- `{name}`: {message}\n" for name, message in sorted(failed.items()))
+    page.write_text(text)
     return page
 
 

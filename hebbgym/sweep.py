@@ -196,11 +196,19 @@ def _ray_trainable(params: dict[str, Any]) -> None:
     tune.report({key: value for key, value in result.items() if isinstance(value, int | float)})
 
 
+def _last_line(error: BaseException) -> str:
+    """The message of a trial's error without Ray's traceback decoration."""
+    lines = [line for line in str(error).strip().splitlines() if line.strip()]
+    return lines[-1] if lines else type(error).__name__
+
+
 def run_sweep(
     sweep: SweepConfig, address: str | None = None, cpus: int | None = None
 ) -> dict[str, Any]:
     """Run every unfinished trial on Ray Tune (a local instance, or the cluster at
-    ``address``), then aggregate. Returns the summary rows and the files written."""
+    ``address``), then aggregate. Returns the summary rows and the files written; a trial
+    that fails (e.g. training diverged) is listed under ``failed`` with its last line of
+    error, keeps its last good checkpoint, and is retried when the sweep is run again."""
     try:
         import ray
         from ray import tune
@@ -237,14 +245,19 @@ def run_sweep(
             ),
         )
         results = tuner.fit()
-        errors = [str(result.error) for result in results if result.error is not None]
-        if errors:
-            raise RuntimeError(f"{len(errors)} trial(s) failed: {errors[0]}")
+        failed = {
+            Path(result.config["trial"]["run_dir"]).name: _last_line(result.error)
+            for result in results
+            if result.error is not None
+        }
+    else:
+        failed = {}
     summary, curves = aggregate(sweep)
     finished = [trial_result(trial) for trial in trials]
     return {
         "trials": len(trials),
         "ran": len(pending),
+        "failed": failed,
         "summary": str(summary),
         "curves": str(curves) if curves else None,
         "final_reward": {row["trial"]: row["final_reward"] for row in finished},
