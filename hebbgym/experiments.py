@@ -205,7 +205,7 @@ def reproduce(
     curves = plot_learning_curves(
         groups,
         report_dir / f"{sweep.name}.png",
-        f"{env_id}: reward per episode while training (median, IQR over seeds)",
+        f"{env_id} (median, IQR over seeds)",
         references={k: v for k, v in references.items() if k in ("random", "oracle")},
     )
     page = report_dir / f"{sweep.name}.md"

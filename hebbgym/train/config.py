@@ -42,12 +42,13 @@ TASK_PRESETS: dict[str, TaskPreset] = {
     "Hebb-CueReward-v0": TaskPreset(
         hidden_size=200, gamma=0.9, lr=1e-4, entropy_coef=0.1, grad_clip=2.0
     ),
-    # Small tasks (ours): smaller networks and a faster learning rate learn in minutes.
+    # Small tasks (ours). Conditioning: actions do not change what comes next, so gamma 0;
+    # measured here, lr 1e-2 reaches ~50/80 within 6k episodes for plastic and RNN cores.
     "Hebb-Conditioning-v0": TaskPreset(
-        hidden_size=16, gamma=0.5, lr=3e-3, entropy_coef=0.01, grad_clip=4.0
+        hidden_size=16, gamma=0.0, lr=1e-2, entropy_coef=0.03, grad_clip=4.0
     ),
     "Hebb-ConditioningIndependent-v0": TaskPreset(
-        hidden_size=24, gamma=0.5, lr=3e-3, entropy_coef=0.01, grad_clip=4.0
+        hidden_size=24, gamma=0.0, lr=1e-2, entropy_coef=0.03, grad_clip=4.0
     ),
     # Measured here: lr 1e-3 does not leave chance level within 6k episodes; 1e-2 does by ~9k.
     "Hebb-ReversalBandit-v0": TaskPreset(
