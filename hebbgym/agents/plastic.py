@@ -24,15 +24,25 @@ from typing import Literal, NamedTuple, Protocol, get_args
 import torch
 from torch import Tensor, nn
 
+from hebbgym.agents.fused import (
+    DEFAULT_CHECKPOINT_INTERVAL,
+    FusedSpec,
+    Kernels,
+    fused_sequence,
+    fused_step,
+)
+
 Rule = Literal["decay", "oja", "clip", "none"]
 Neuromod = Literal["none", "simple", "retroactive"]
 Modulation = Literal["scalar", "neuron"]
 AlphaKind = Literal["connection", "scalar"]
+Implementation = Literal["fused", "reference"]
 
 __all__ = [
     "AlphaKind",
     "CoreOutput",
     "CoreState",
+    "Implementation",
     "Modulation",
     "Neuromod",
     "PlasticConfig",
@@ -242,8 +252,24 @@ class PlasticCore(nn.Module):
           E_t    = (1 - eta) E_{t-1} + eta outer_t
           Hebb_t = clamp(Hebb_{t-1} + M_t E_{t-1}, -clip_value, clip_value)
 
+    Two implementations compute these equations (same parameters, same results to rounding):
+
+    * ``"fused"`` (default): :mod:`hebbgym.agents.fused`, one autograd Function per step (and
+      one per sequence for :meth:`forward`) with a hand-written backward that keeps no
+      ``[B, N, N]`` tensor per step: traces are checkpointed every ``checkpoint_interval``
+      steps and rebuilt in backward. About 2x faster than the reference on CPU and a tenth of
+      its memory (docs/performance.md).
+    * ``"reference"``: :meth:`reference_step`, the equations in plain autograd ops; the
+      specification the fused path is tested against.
+
     Args:
         config: the variant to build, see :class:`PlasticConfig`.
+        implementation: ``"fused"`` or ``"reference"``; also a settable attribute.
+        checkpoint_interval: steps of :meth:`step` per saved trace on the fused path (memory
+            about ``T / k + k`` traces for a ``T``-step episode, ``k`` this interval).
+        kernels: the fused path's kernels: ``"native"`` (C++, compiled on first use and
+            cached), ``"torch"`` (ATen ops) or ``"auto"`` (native when they can be built and
+            the tensors are float32/float64 on CPU).
 
     Inputs: x, state, record_trace
         * **x**: ``[T, B, I]``, the input sequence.
@@ -268,13 +294,23 @@ class PlasticCore(nn.Module):
             (``rule="none"``, and simple neuromodulation with ``oja`` or ``clip``).
         modulator: ``nn.Linear(N, K)``, the head producing ``M_t``; ``None`` without
             neuromodulation.
+        implementation: ``"fused"`` or ``"reference"``, which code :meth:`step` and
+            :meth:`forward` run.
     """
 
-    def __init__(self, config: PlasticConfig) -> None:
+    def __init__(
+        self,
+        config: PlasticConfig,
+        implementation: Implementation = "fused",
+        checkpoint_interval: int = DEFAULT_CHECKPOINT_INTERVAL,
+        kernels: Kernels = "auto",
+    ) -> None:
         super().__init__()
         if not isinstance(config, PlasticConfig):
             raise ValueError(f"config must be a PlasticConfig, got {type(config).__name__}")
         self.config = config
+        self.implementation = implementation
+        self._fused_spec = FusedSpec.from_config(config, checkpoint_interval, kernels)
         self.input_size = config.input_size
         self.hidden_size = config.hidden_size
         self.modulator_size = config.modulator_size
@@ -311,11 +347,37 @@ class PlasticCore(nn.Module):
         if self.modulator is not None:
             self.modulator.reset_parameters()
 
+    @property
+    def implementation(self) -> Implementation:
+        """``"fused"`` (default) or ``"reference"``: which code :meth:`step` and :meth:`forward`
+        run. Both compute the same equations with the same parameters."""
+        return self._implementation
+
+    @implementation.setter
+    def implementation(self, value: Implementation) -> None:
+        _check_choice("implementation", value, Implementation)
+        self._implementation = value
+
+    @property
+    def checkpoint_interval(self) -> int:
+        """Steps of the fused :meth:`step` per saved trace."""
+        return self._fused_spec.checkpoint_interval
+
+    @property
+    def kernels(self) -> Kernels:
+        """The fused path's kernels: ``"auto"``, ``"native"`` or ``"torch"``."""
+        return self._fused_spec.kernels
+
+    @kernels.setter
+    def kernels(self, value: Kernels) -> None:
+        self._fused_spec = FusedSpec.from_config(self.config, self.checkpoint_interval, value)
+
     def extra_repr(self) -> str:
         c = self.config
         return (
             f"input_size={c.input_size}, hidden_size={c.hidden_size}, rule={c.rule!r}, "
-            f"neuromod={c.neuromod!r}, modulation={c.modulation!r}, alpha={c.alpha!r}"
+            f"neuromod={c.neuromod!r}, modulation={c.modulation!r}, alpha={c.alpha!r}, "
+            f"implementation={self.implementation!r}"
         )
 
     def initial_state(self, batch_size: int) -> CoreState:
@@ -335,8 +397,19 @@ class PlasticCore(nn.Module):
     def step(self, x_t: Tensor, state: CoreState) -> tuple[Tensor, Tensor, CoreState]:
         """One time step: ``x_t`` ``[B, I]`` -> ``h_t`` ``[B, N]``, ``M_t`` ``[B, K]``, state.
 
-        The reference implementation of the equations; any fused fast path must match it.
+        Runs :func:`~hebbgym.agents.fused.fused_step` or :meth:`reference_step`, following
+        :attr:`implementation`. Pass the returned state straight to the next call: the fused
+        path then keeps the trace of only one step in ``checkpoint_interval`` for backward
+        (any other state, e.g. after :meth:`CoreState.reset`, is simply saved).
         """
+        if self._implementation == "reference":
+            return self.reference_step(x_t, state)
+        h, m, hebb, elig = fused_step(self, self._fused_spec, x_t, state)
+        return h, m, CoreState(h=h, c=state.c, hebb=hebb, eligibility=elig)
+
+    def reference_step(self, x_t: Tensor, state: CoreState) -> tuple[Tensor, Tensor, CoreState]:
+        """One time step in plain autograd ops: the reference implementation of the equations,
+        which the fused path must match (same signature as :meth:`step`)."""
         cfg = self.config
         h_prev, hebb, elig = state.h, state.hebb, state.eligibility
         pre = x_t @ self.w_in + h_prev @ self.w + self.bias
@@ -394,6 +467,10 @@ class PlasticCore(nn.Module):
             state = self.initial_state(x.shape[1])
         else:
             _check_state(state, x.shape[1], self.hidden_size)
+        if self._implementation == "fused" and not record_trace:
+            hs, ms, hebb, elig = fused_sequence(self, self._fused_spec, x, state)
+            final = CoreState(h=hs[-1], c=state.c, hebb=hebb, eligibility=elig)
+            return CoreOutput(h=hs, m=ms, hebb=None), final
         hs, ms, traces = [], [], []
         for x_t in x.unbind(0):
             h, m, state = self.step(x_t, state)
