@@ -14,6 +14,7 @@ import io
 import json
 import math
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ import numpy as np
 import torch
 
 from hebbgym.agents.actor_critic import ActorCritic, build_agent
+from hebbgym.agents.baselines import count_parameters
 from hebbgym.train.a2c import a2c_loss
 from hebbgym.train.checkpoint import (
     CheckpointError,
@@ -183,6 +185,11 @@ def train(
     torch.set_num_threads(config.threads)
     env = make_env(config)
     agent = make_agent(config, env)
+    print(
+        f"{config.agent} agent on {config.env_id}: hidden size {agent.core.hidden_size}, "
+        f"{count_parameters(agent):,} parameters",
+        file=sys.stderr,
+    )
     optimizer = torch.optim.Adam(agent.parameters(), lr=config.lr, eps=config.adam_eps)
     generator = torch.Generator().manual_seed(config.seed)
     start_batch, seconds_before = 0, 0.0
