@@ -15,12 +15,12 @@ import numpy as np
 
 import hebbgym  # noqa: F401  (registers the ids)
 from hebbgym.envs.maze import MazeAction
-from hebbgym.envs.rendering import _pygame
+from hebbgym.envs.rendering import import_pygame
 
 
 def key_to_action(env: gym.Env, key: int) -> Any | None:
     """The action a key stands for in ``env``, or ``None`` if the key means nothing there."""
-    pygame = _pygame()
+    pygame = import_pygame()
     space = env.action_space
     if env.spec is not None and env.spec.id.startswith("Hebb-Maze"):
         arrows = {
@@ -48,7 +48,7 @@ def run_play(
 ) -> list[float]:
     """Step ``env`` with the actions of key presses from ``events`` until quit; returns
     each finished episode's return. ``events`` is ``pygame.event.get`` when a person plays."""
-    pygame = _pygame()
+    pygame = import_pygame()
     env.reset(seed=seed)
     returns: list[float] = []
     total = 0.0
@@ -85,6 +85,6 @@ def play(
     env = gym.make(env_id, render_mode="human", **env_kwargs)
     print(__doc__.split("\n\n")[1].replace("\n", " "))
     try:
-        return run_play(env, _pygame().event.get, seed=seed, max_episodes=episodes)
+        return run_play(env, import_pygame().event.get, seed=seed, max_episodes=episodes)
     finally:
         env.close()

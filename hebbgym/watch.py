@@ -32,7 +32,7 @@ from hebbgym.envs.rendering import (
     MUTED,
     Color,
     Painter,
-    _pygame,
+    import_pygame,
 )
 from hebbgym.recording import VIDEO_SUFFIXES, write_video
 from hebbgym.train.config import TrainConfig
@@ -210,7 +210,7 @@ class Dashboard:
     """Composes the env frame and the three panels onto one surface per step."""
 
     def __init__(self, env_size: tuple[int, int]) -> None:
-        pygame = _pygame()
+        pygame = import_pygame()
         pygame.font.init()
         self.layout = Layout(env_size)
         self.painter = Painter(pygame.Surface(self.layout.size))
@@ -234,7 +234,7 @@ class _Window:
     """The human-mode window: shows frames at ``fps`` and notices when to stop."""
 
     def __init__(self, size: tuple[int, int], fps: int) -> None:
-        self.pygame = _pygame()
+        self.pygame = import_pygame()
         self.pygame.display.init()
         self.pygame.display.set_caption("hebbgym watch")
         self.screen = self.pygame.display.set_mode(size)

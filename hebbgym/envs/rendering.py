@@ -27,7 +27,7 @@ ACCENT: Color = (240, 170, 30)
 HEADER_HEIGHT = 44
 
 
-def _pygame() -> Any:
+def import_pygame() -> Any:
     os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
     import pygame
 
@@ -38,7 +38,7 @@ class Painter:
     """Drawing primitives on one surface, so env modules never touch pygame directly."""
 
     def __init__(self, surface: Any) -> None:
-        self.pygame = _pygame()
+        self.pygame = import_pygame()
         self.surface = surface
         self.width, self.height = surface.get_size()
         self._fonts: dict[int, Any] = {}
@@ -123,7 +123,7 @@ class Renderer:
         self._painter: Painter | None = None
 
     def render(self, draw: Callable[[Painter], None]) -> np.ndarray | None:
-        pygame = _pygame()
+        pygame = import_pygame()
         if self._painter is None:
             pygame.font.init()
             if self.render_mode == "human":
@@ -152,7 +152,7 @@ class Renderer:
     def close(self) -> None:
         """Close the window if one is open; safe to call any number of times."""
         if self._window is not None:
-            pygame = _pygame()
+            pygame = import_pygame()
             pygame.display.quit()
             self._window = None
         self._painter = None
