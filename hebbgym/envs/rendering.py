@@ -28,6 +28,7 @@ HEADER_HEIGHT = 44
 
 
 def import_pygame() -> Any:
+    """pygame, imported on first use only: importing hebbgym must not need a display."""
     os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
     import pygame
 
