@@ -7,6 +7,12 @@ import numpy as np
 import pytest
 
 import hebbgym  # noqa: F401  (registers the ids)
+from tests.envs.refusals import (
+    assert_kwargs_refused,
+    assert_option_refused,
+    assert_single_action_refused,
+    assert_vector_actions_refused,
+)
 
 EXCLUSIVE = "Hebb-Conditioning-v0"
 INDEPENDENT = "Hebb-ConditioningIndependent-v0"
@@ -192,10 +198,7 @@ def test_fixed_task_is_reported(task: int) -> None:
     ],
 )
 def test_bad_kwargs_raise_naming_the_argument(env_id, kwargs, error, match) -> None:
-    with pytest.raises(error, match=match):
-        gym.make(env_id, **kwargs)
-    with pytest.raises(error, match=match):
-        make_vec(env_id, 2, **kwargs)
+    assert_kwargs_refused(env_id, kwargs, error, match)
 
 
 @pytest.mark.parametrize("task", [2, -1, True, 0.0, "S1", None])
@@ -207,14 +210,7 @@ def test_bad_task_option_raises(task) -> None:
 
 
 def test_unknown_reset_option_raises_naming_it() -> None:
-    env = gym.make(EXCLUSIVE)
-    with pytest.raises(ValueError, match="paired"):
-        env.reset(options={"paired": 1})
-    venv = make_vec(EXCLUSIVE, 2)
-    with pytest.raises(ValueError, match="paired"):
-        venv.reset(options={"paired": 1})
-    env.close()
-    venv.close()
+    assert_option_refused(EXCLUSIVE, {"paired": 1}, "paired")
 
 
 @pytest.mark.parametrize("env_id", BOTH)
@@ -229,11 +225,7 @@ def test_unknown_reset_option_raises_naming_it() -> None:
     ],
 )
 def test_bad_discrete_action_raises(env_id, action, error, match) -> None:
-    env = gym.make(env_id)
-    env.reset(seed=0)
-    with pytest.raises(error, match=match):
-        env.step(action)
-    env.close()
+    assert_single_action_refused(env_id, action, error, match)
 
 
 @pytest.mark.parametrize(
@@ -272,8 +264,4 @@ def test_bad_continuous_action_raises(action, error, match) -> None:
     ],
 )
 def test_bad_vector_actions_raise(continuous, actions, error, match) -> None:
-    venv = make_vec(EXCLUSIVE, 3, continuous=continuous)
-    venv.reset(seed=0)
-    with pytest.raises(error, match=match):
-        venv.step(actions)
-    venv.close()
+    assert_vector_actions_refused(EXCLUSIVE, actions, error, match, continuous=continuous)

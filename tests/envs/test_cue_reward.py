@@ -7,6 +7,12 @@ import numpy as np
 import pytest
 
 import hebbgym  # noqa: F401  (registers the ids)
+from tests.envs.refusals import (
+    assert_kwargs_refused,
+    assert_option_refused,
+    assert_single_action_refused,
+    assert_vector_actions_refused,
+)
 
 ENV_ID = "Hebb-CueReward-v0"
 
@@ -272,21 +278,11 @@ def test_valid_small_task_is_accepted() -> None:
     ],
 )
 def test_bad_kwargs_raise_naming_the_argument(kwargs, error, match) -> None:
-    with pytest.raises(error, match=match):
-        gym.make(ENV_ID, **kwargs)
-    with pytest.raises(error, match=match):
-        make_vec(2, **kwargs)
+    assert_kwargs_refused(ENV_ID, kwargs, error, match)
 
 
 def test_unknown_reset_option_raises_naming_it() -> None:
-    env = gym.make(ENV_ID)
-    with pytest.raises(ValueError, match="target"):
-        env.reset(options={"target": 1})
-    venv = make_vec(2)
-    with pytest.raises(ValueError, match="target"):
-        venv.reset(options={"target": 1})
-    env.close()
-    venv.close()
+    assert_option_refused(ENV_ID, {"target": 1}, "target")
 
 
 @pytest.mark.parametrize(
@@ -300,11 +296,7 @@ def test_unknown_reset_option_raises_naming_it() -> None:
     ],
 )
 def test_bad_single_action_raises(action, error, match) -> None:
-    env = gym.make(ENV_ID)
-    env.reset(seed=0)
-    with pytest.raises(error, match=match):
-        env.step(action)
-    env.close()
+    assert_single_action_refused(ENV_ID, action, error, match)
 
 
 @pytest.mark.parametrize(
@@ -318,8 +310,4 @@ def test_bad_single_action_raises(action, error, match) -> None:
     ],
 )
 def test_bad_vector_actions_raise(actions, error, match) -> None:
-    venv = make_vec(3)
-    venv.reset(seed=0)
-    with pytest.raises(error, match=match):
-        venv.step(actions)
-    venv.close()
+    assert_vector_actions_refused(ENV_ID, actions, error, match)

@@ -13,6 +13,12 @@ import pytest
 
 import hebbgym  # noqa: F401  (registers the ids)
 from hebbgym.envs.maze import MazeAction
+from tests.envs.refusals import (
+    assert_kwargs_refused,
+    assert_option_refused,
+    assert_single_action_refused,
+    assert_vector_actions_refused,
+)
 
 ENV_ID = "Hebb-Maze-v0"
 
@@ -365,10 +371,7 @@ def test_vector_env_accepts_one_task_per_env() -> None:
     ],
 )
 def test_bad_kwargs_raise_naming_the_argument(kwargs, error, match) -> None:
-    with pytest.raises(error, match=match):
-        gym.make(ENV_ID, **kwargs)
-    with pytest.raises(error, match=match):
-        make_vec(2, **kwargs)
+    assert_kwargs_refused(ENV_ID, kwargs, error, match)
 
 
 def test_failed_vector_env_construction_cleans_up_quietly() -> None:
@@ -390,11 +393,7 @@ def test_failed_vector_env_construction_cleans_up_quietly() -> None:
     ],
 )
 def test_bad_single_action_raises(action, error, match) -> None:
-    env = gym.make(ENV_ID)
-    env.reset(seed=0)
-    with pytest.raises(error, match=match):
-        env.step(action)
-    env.close()
+    assert_single_action_refused(ENV_ID, action, error, match)
 
 
 @pytest.mark.parametrize(
@@ -411,19 +410,8 @@ def test_bad_single_action_raises(action, error, match) -> None:
     ],
 )
 def test_bad_vector_actions_raise(actions, error, match) -> None:
-    venv = make_vec(3)
-    venv.reset(seed=0)
-    with pytest.raises(error, match=match):
-        venv.step(actions)
-    venv.close()
+    assert_vector_actions_refused(ENV_ID, actions, error, match)
 
 
 def test_unknown_reset_option_raises_naming_it() -> None:
-    env = gym.make(ENV_ID)
-    with pytest.raises(ValueError, match="reward_cell"):
-        env.reset(seed=0, options={"reward_cell": (1, 1)})
-    venv = make_vec(2)
-    with pytest.raises(ValueError, match="reward_cell"):
-        venv.reset(seed=0, options={"reward_cell": (1, 1)})
-    env.close()
-    venv.close()
+    assert_option_refused(ENV_ID, {"reward_cell": (1, 1)}, "reward_cell")

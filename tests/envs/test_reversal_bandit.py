@@ -9,6 +9,12 @@ import numpy as np
 import pytest
 
 import hebbgym  # noqa: F401  (registers the ids)
+from tests.envs.refusals import (
+    assert_kwargs_refused,
+    assert_option_refused,
+    assert_single_action_refused,
+    assert_vector_actions_refused,
+)
 
 ENV_ID = "Hebb-ReversalBandit-v0"
 
@@ -182,10 +188,7 @@ def test_fixed_initial_good_arm(arm: int) -> None:
     ],
 )
 def test_bad_kwargs_raise_naming_the_argument(kwargs, error, match) -> None:
-    with pytest.raises(error, match=match):
-        gym.make(ENV_ID, **kwargs)
-    with pytest.raises(error, match=match):
-        make_vec(2, **kwargs)
+    assert_kwargs_refused(ENV_ID, kwargs, error, match)
 
 
 @pytest.mark.parametrize("task", [2, -1, True, 1.0, None])
@@ -197,14 +200,7 @@ def test_bad_task_option_raises(task) -> None:
 
 
 def test_unknown_reset_option_raises_naming_it() -> None:
-    env = gym.make(ENV_ID)
-    with pytest.raises(ValueError, match="good_arm"):
-        env.reset(options={"good_arm": 1})
-    venv = make_vec(2)
-    with pytest.raises(ValueError, match="good_arm"):
-        venv.reset(options={"good_arm": 1})
-    env.close()
-    venv.close()
+    assert_option_refused(ENV_ID, {"good_arm": 1}, "good_arm")
 
 
 @pytest.mark.parametrize(
@@ -218,11 +214,7 @@ def test_unknown_reset_option_raises_naming_it() -> None:
     ],
 )
 def test_bad_single_action_raises(action, error, match) -> None:
-    env = gym.make(ENV_ID)
-    env.reset(seed=0)
-    with pytest.raises(error, match=match):
-        env.step(action)
-    env.close()
+    assert_single_action_refused(ENV_ID, action, error, match)
 
 
 @pytest.mark.parametrize(
@@ -236,8 +228,4 @@ def test_bad_single_action_raises(action, error, match) -> None:
     ],
 )
 def test_bad_vector_actions_raise(actions, error, match) -> None:
-    venv = make_vec(3, arms=3)
-    venv.reset(seed=0)
-    with pytest.raises(error, match=match):
-        venv.step(actions)
-    venv.close()
+    assert_vector_actions_refused(ENV_ID, actions, error, match, arms=3)
