@@ -8,7 +8,6 @@ skipped where no compiler is found) and ``torch`` (ATen ops).
 
 from __future__ import annotations
 
-import itertools
 import math
 
 import pytest
@@ -16,6 +15,7 @@ import torch
 
 from hebbgym.agents import fused
 from hebbgym.agents.plastic import CoreState, PlasticConfig, PlasticCore
+from tests.agents.test_plastic import VARIANTS  # every valid rule/neuromod/... combination
 
 RTOL, ATOL = 1e-10, 1e-12
 
@@ -30,24 +30,6 @@ def _one_thread():
     torch.set_num_threads(threads)
 
 
-def _valid_variants() -> list[dict[str, str]]:
-    variants = []
-    for rule, neuromod, modulation, alpha in itertools.product(
-        ("decay", "oja", "clip", "none"),
-        ("none", "simple", "retroactive"),
-        ("scalar", "neuron"),
-        ("connection", "scalar"),
-    ):
-        kw = {"rule": rule, "neuromod": neuromod, "modulation": modulation, "alpha": alpha}
-        try:
-            PlasticConfig(1, 1, **kw)
-        except ValueError:
-            continue
-        variants.append(kw)
-    return variants
-
-
-VARIANTS = _valid_variants()
 KERNELS = ("native", "torch")
 
 
