@@ -3,9 +3,13 @@
 Every row runs one episode of ``T`` steps over a batch of ``B`` from a zero state, then one
 backward pass of ``sum(h)`` through the whole episode, as A2C training does. Rows:
 
-* ``fused step``: :meth:`PlasticCore.step` called once per step (how training drives the
-  core), with the native C++ kernels, then with the torch-op kernels;
-* ``fused sequence``: :meth:`PlasticCore.forward` over the whole input sequence;
+* ``fused step``: :meth:`PlasticCore.step` called once per step with the graph (one autograd
+  node per step), with the native C++ kernels, then with the torch-op kernels;
+* ``fused sequence``: :meth:`PlasticCore.forward` over the whole input sequence (one C++ call
+  for the forward, one for the backward);
+* ``... played + replayed``: what training does (:func:`hebbgym.train.rollout.collect_rollout`):
+  the episode played step by step under ``no_grad``, then replayed as one sequence with the
+  graph, and the backward;
 * ``reference step``: ``implementation="reference"``, plain autograd ops;
 * ``nn.RNN`` / ``nn.LSTM``: the baselines of :mod:`hebbgym.agents.baselines` with the hidden
   size whose parameter count (plus 5 linear heads) matches the plastic core's, run over the
@@ -82,6 +86,14 @@ def _episode_sequence(core: nn.Module, x: torch.Tensor) -> None:
     out.h.sum().backward()
 
 
+def _episode_played_then_replayed(core: nn.Module, x: torch.Tensor) -> None:
+    with torch.no_grad():
+        state = core.initial_state(x.shape[1])
+        for t in range(x.shape[0]):
+            _, _, state = core.step(x[t], state)
+    _episode_sequence(core, x)
+
+
 def _rows(
     variant: str, batch: int, hidden: int, steps: int, compiled: bool
 ) -> tuple[list[Row], dict[str, int], list[nn.Module]]:
@@ -101,9 +113,19 @@ def _rows(
         Row("fused step (native kernels)", lambda: _episode_steps(plastic["native"], x), []),
         Row("fused step (torch kernels)", lambda: _episode_steps(plastic["torch"], x), []),
         Row("fused sequence (native)", lambda: _episode_sequence(plastic["native"], x), []),
+        Row(
+            "fused played + replayed (training)",
+            lambda: _episode_played_then_replayed(plastic["native"], x),
+            [],
+        ),
         Row("reference step", lambda: _episode_steps(reference, x), []),
         Row(f"nn.RNN N={n_rnn}, sequence", lambda: _episode_sequence(rnn, x), []),
         Row(f"nn.RNN N={n_rnn}, per step", lambda: _episode_steps(rnn, x), []),
+        Row(
+            f"nn.RNN N={n_rnn}, played + replayed",
+            lambda: _episode_played_then_replayed(rnn, x),
+            [],
+        ),
         Row(f"nn.LSTM N={n_lstm}, sequence", lambda: _episode_sequence(lstm, x), []),
         Row(f"nn.LSTM N={n_lstm}, per step", lambda: _episode_steps(lstm, x), []),
     ]
@@ -112,7 +134,7 @@ def _rows(
         compiled_core = PlasticCore(config, implementation="reference")
         compiled_core.step = torch.compile(compiled_core.reference_step, dynamic=False)
         rows.insert(
-            4, Row("reference step, torch.compile", lambda: _episode_steps(compiled_core, x), [])
+            5, Row("reference step, torch.compile", lambda: _episode_steps(compiled_core, x), [])
         )
     modules = [plastic["native"], plastic["torch"], reference, rnn, lstm]
     return rows, {"rnn": n_rnn, "lstm": n_lstm}, modules

@@ -1,10 +1,16 @@
-"""End-to-end A2C training speed, in agent-steps per second, of each plastic-core
-implementation, measured side by side in one process.
+"""End-to-end A2C training speed, in agent-steps per second, of the plastic core's
+implementations and of the two ways of differentiating an episode, each in a fresh process,
+one after the other.
 
     python benchmarks/training_speed.py [--env Hebb-Maze-v0] [--batches 3] [--threads 2]
 
 One agent-step is one environment step of one episode, forward and backward included
-(rollout, loss, backward, Adam step), as ``hebbgym train`` runs it.
+(rollout, loss, backward, Adam step), as ``hebbgym train`` runs it. Settings:
+
+* ``reference, graph of the played steps``: plain autograd ops, one graph node per op and step;
+* ``fused, graph of the played steps``: the fused per-step autograd Function;
+* ``fused, played + replayed``: what ``hebbgym train`` does: the episode is played without a
+  graph, then replayed as one sequence (one C++ call forward, one backward).
 """
 
 from __future__ import annotations
@@ -20,17 +26,25 @@ from hebbgym.train.config import TrainConfig
 from hebbgym.train.loop import make_agent, make_env
 from hebbgym.train.rollout import collect_rollout
 
+SETTINGS = {
+    "reference, graph of the played steps": ("reference", False),
+    "fused, graph of the played steps": ("fused", False),
+    "fused, played + replayed": ("fused", True),
+}
 
-def agent_steps_per_second(config: TrainConfig, implementation: str, batches: int) -> float:
+
+def agent_steps_per_second(
+    config: TrainConfig, implementation: str, replay: bool, batches: int
+) -> float:
     env = make_env(config)
     agent = make_agent(config, env)
     agent.core.implementation = implementation
     optimizer = torch.optim.Adam(agent.parameters(), lr=config.lr, eps=config.adam_eps)
     generator = torch.Generator().manual_seed(0)
-    collect_rollout(env, agent, 0, generator)  # warm-up: kernels, allocator
+    collect_rollout(env, agent, 0, generator, replay=replay)  # warm-up: kernels, allocator
     start = time.perf_counter()
     for batch in range(batches):
-        rollout = collect_rollout(env, agent, batch, generator)
+        rollout = collect_rollout(env, agent, batch, generator, replay=replay)
         terms = a2c_loss(rollout, config.gamma, config.value_coef, config.entropy_coef)
         optimizer.zero_grad()
         terms.total.backward()
@@ -41,9 +55,9 @@ def agent_steps_per_second(config: TrainConfig, implementation: str, batches: in
     return steps / elapsed
 
 
-def _measure(config: TrainConfig, implementation: str, batches: int, threads: int) -> float:
+def _measure(config: TrainConfig, setting: str, batches: int, threads: int) -> float:
     torch.set_num_threads(threads)
-    return agent_steps_per_second(config, implementation, batches)
+    return agent_steps_per_second(config, *SETTINGS[setting], batches)
 
 
 def main() -> None:
@@ -59,12 +73,14 @@ def main() -> None:
     # which would otherwise flatter the reference measured after it.
     context = multiprocessing.get_context("spawn")
     results = {}
-    for impl in ("reference", "fused"):
+    for setting in SETTINGS:
         with context.Pool(1) as pool:
-            results[impl] = pool.apply(_measure, (config, impl, args.batches, args.threads))
-    print(f"{args.env}, {args.agent}, batch {config.batch_size}, {args.threads} threads")
-    for impl, rate in results.items():
-        print(f"  {impl:9s} {rate:8.0f} agent-steps/s  ({rate / results['reference']:.2f}x)")
+            results[setting] = pool.apply(_measure, (config, setting, args.batches, args.threads))
+    print(f"{args.env}, {args.agent}, batch {config.batch_size}, {args.threads} threads\n")
+    print("| setting | agent-steps/s | vs reference |\n|---|---:|---:|")
+    base = results["reference, graph of the played steps"]
+    for setting, rate in results.items():
+        print(f"| {setting} | {rate:.0f} | {rate / base:.2f}x |")
 
 
 if __name__ == "__main__":

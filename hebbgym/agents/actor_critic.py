@@ -23,7 +23,8 @@ AGENT_KINDS: tuple[str, ...] = ("modulated", "retroactive", "plastic", "rnn", "l
 
 
 class StepOutput(NamedTuple):
-    """What the agent computes at one step for a batch of ``B`` episodes."""
+    """What the agent computes at one step for a batch of ``B`` episodes (or, from
+    :meth:`ActorCritic.replay`, at every step: each field with a leading time axis ``T``)."""
 
     action: Tensor
     """``[B]`` (Discrete) or ``[B, d]`` (Box): the sampled (or greedy) action."""
@@ -45,15 +46,25 @@ class CategoricalHead(nn.Module):
     def forward(
         self, h: Tensor, generator: torch.Generator | None, greedy: bool
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Choose an action for each row of ``h`` ``[B, N]``: ``(action, *score)``."""
         log_p = torch.log_softmax(self.logits(h), dim=-1)
-        p = log_p.exp()
         if greedy:
-            action = p.argmax(dim=-1)
+            action = log_p.argmax(dim=-1)
         else:
-            action = torch.multinomial(p.detach(), 1, generator=generator).squeeze(-1)
+            action = torch.multinomial(log_p.detach().exp(), 1, generator=generator).squeeze(-1)
+        return action, *self._score(log_p, action)
+
+    def score(self, h: Tensor, action: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``(log_prob, entropy, sum_a pi(a)^2)`` of actions already taken, for ``h`` of any
+        leading shape (``[T, B, N]`` with ``action`` ``[T, B]``)."""
+        return self._score(torch.log_softmax(self.logits(h), dim=-1), action)
+
+    @staticmethod
+    def _score(log_p: Tensor, action: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        p = log_p.exp()
         log_prob = log_p.gather(-1, action.unsqueeze(-1)).squeeze(-1)
         entropy = -(p * log_p).sum(-1)
-        return action, log_prob, entropy, p.pow(2).sum(-1)
+        return log_prob, entropy, p.pow(2).sum(-1)
 
 
 class GaussianHead(nn.Module):
@@ -70,18 +81,30 @@ class GaussianHead(nn.Module):
     def forward(
         self, h: Tensor, generator: torch.Generator | None, greedy: bool
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        mean = self.low + (self.high - self.low) * torch.sigmoid(self.mean(h))
-        std = self.log_std.exp().expand_as(mean)
+        """Choose an action for each row of ``h`` ``[B, N]``: ``(action, *score)``."""
+        mean = self._mean(h)
         if greedy:
             action = mean.detach()
         else:
             noise = torch.randn(mean.shape, generator=generator, dtype=mean.dtype)
-            action = (mean + std * noise).detach()
+            action = (mean + self.log_std.exp() * noise).detach()
+        return action, *self._score(mean, action)
+
+    def score(self, h: Tensor, action: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``(log_prob, entropy, 0)`` of actions already taken, for ``h`` of any leading shape
+        (``[T, B, N]`` with ``action`` ``[T, B, d]``)."""
+        return self._score(self._mean(h), action)
+
+    def _mean(self, h: Tensor) -> Tensor:
+        return self.low + (self.high - self.low) * torch.sigmoid(self.mean(h))
+
+    def _score(self, mean: Tensor, action: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        std = self.log_std.exp().expand_as(mean)
         log_prob = (
             -((action - mean) ** 2) / (2 * std**2) - self.log_std - 0.5 * math.log(2 * math.pi)
         ).sum(-1)
-        entropy = (0.5 + 0.5 * math.log(2 * math.pi) + self.log_std).sum().expand(h.shape[0])
-        return action, log_prob, entropy, torch.zeros_like(log_prob)
+        entropy = (0.5 + 0.5 * math.log(2 * math.pi) + self.log_std).sum().expand(mean.shape[:-1])
+        return log_prob, entropy, torch.zeros_like(log_prob)
 
 
 class ActorCritic(nn.Module):
@@ -114,6 +137,22 @@ class ActorCritic(nn.Module):
         action, log_prob, entropy, sum_squares = self.policy(h, generator, greedy)
         value = self.value(h).squeeze(-1)
         return StepOutput(action, log_prob, entropy, sum_squares, value, h, m), state
+
+    def replay(self, obs: Tensor, actions: Tensor) -> StepOutput:
+        """Every step of whole episodes at once, from their start: observations ``[T, B, D]``
+        and the actions taken ``[T, B]`` (or ``[T, B, d]``) -> a :class:`StepOutput` of
+        ``[T, B, ...]`` tensors.
+
+        The core runs the observation sequence in one call (for the plastic core, one fused
+        kernel for forward and one for backward instead of ``T`` steps), so training plays an
+        episode without a graph and differentiates this replay. The core is deterministic,
+        so the replay computes the played episode's activations (bit for bit on the fused
+        plastic core), and its gradients are those of the played steps.
+        """
+        out, _ = self.core(obs)
+        log_prob, entropy, sum_squares = self.policy.score(out.h, actions)
+        value = self.value(out.h).squeeze(-1)
+        return StepOutput(actions, log_prob, entropy, sum_squares, value, out.h, out.m)
 
 
 def plastic_config(

@@ -28,19 +28,26 @@ written by hand, so that nothing of size ``[B, N, N]`` is kept per step:
 
 :func:`fused_sequence` is the same computation for a whole known input sequence (``forward``
 of the core): one graph node for all ``T`` steps, a checkpoint every ``ceil(sqrt(T))`` steps.
+This is what training differentiates: :func:`hebbgym.train.rollout.collect_rollout` plays an
+episode without a graph, then replays its observations through the core in one call.
 
 Two sets of kernels compute the ``[B, N, N]`` parts, chosen by :attr:`FusedSpec.kernels`:
 
-* **native** (default where available): C++ compiled on first use with the system compiler
-  (a few seconds, cached on disk) and called through ``ctypes``. One kernel for the forward's
-  ``h_{t-1} (alpha * Hebb)``, one for the trace update, and one for the whole backward of a
-  step, which runs batch element by batch element so that each ``[N, N]`` slice is read from
-  memory once and reused from cache by every pass. Parallel over the batch with OpenMP (the
-  runtime torch itself loaded) on ``torch.get_num_threads()`` threads, above 65536 trace
-  elements; the result does not depend on the thread count beyond rounding of the
-  parameter-gradient sums.
-* **torch**: the same algorithm in ATen ops (used off CPU, for other dtypes, and where no
-  compiler is found). About ten passes over ``[B, N, N]`` per step instead of four.
+* **native** (default where available): C++ (``plastic_kernels.cpp`` beside this module)
+  compiled on first use with the system compiler (a few seconds, cached on disk) and called
+  through ``ctypes``. The sequence kernels run every step of one batch element after the
+  other, so that its ``[N, N]`` trace, trace gradient and the weights stay in the core's cache
+  for the whole episode: forward in one call, backward in one call (segments in reverse, each
+  replayed from its checkpoint), then four matrix products for ``W_in``, ``W``, ``b`` and
+  ``x``. A single step's forward is the sequence kernel over one step (so steps and sequences
+  agree bit for bit); its backward is one call over the batch. Parallel over the batch with
+  OpenMP (the runtime torch itself loaded) on ``torch.get_num_threads()`` threads, above
+  65536 trace elements (times steps); the result does not depend on the thread count beyond
+  rounding of the parameter-gradient sums. ``tanh`` comes vectorised from glibc's libmvec
+  where it exists.
+* **torch**: the step's algorithm in ATen ops (used off CPU, for other dtypes, and where no
+  compiler is found), a sequence being a chain of steps. About ten passes over ``[B, N, N]``
+  per step instead of four.
 
 Gradients of one step (batch index omitted; ``i`` pre-synaptic, ``j`` post-synaptic; ``G`` the
 gradient reaching ``Hebb_t``, ``dh`` the one reaching ``h_t``)::
@@ -544,623 +551,21 @@ def _torch_backward(
 # Native kernels: C++ compiled on first use, loaded with ctypes
 # ---------------------------------------------------------------------------------------------
 
-_NATIVE_SOURCE = r"""
-// Fused CPU kernels of the plastic recurrence (hebbgym/agents/fused.py has the equations).
-// Layout: traces [B, N, N] indexed [batch, pre i, post j], row-major, contiguous.
-// Work is split over batch elements (OpenMP, torch's thread count); within one, each pass
-// over its [N, N] slices runs while they are in cache. Built with -ffp-contract=off: the
-// arithmetic is exactly the one written, hence the same in forward, replay and backward (the
-// clamp's mask in backward must see the forward's pre-clamp values bit for bit).
-#include <algorithm>
-#include <cstdint>
-#include <vector>
-#include <omp.h>
+_NATIVE_SOURCE_FILE = Path(__file__).with_name("plastic_kernels.cpp")
 
-namespace {
-
-enum Rule { DECAY = 0, OJA = 1, CLIP = 2 };
-enum Neuromod { NONE = 0, SIMPLE = 1, RETRO = 2 };
-
-template <typename T>
-struct Step {
-  int64_t B, N, K;
-  int rule, neuromod, scalar_alpha, threads;
-  T eta, clip;
-  const T* H;       // [B, N, N] incoming Hebb trace
-  const T* E;       // [B, N, N] incoming eligibility trace (retroactive) or null
-  const T* hp;      // [B, N] h_{t-1}
-  const T* h;       // [B, N] h_t
-  const T* m;       // [B, K] M_t or null
-  const T* alpha;   // [N, N] or a single value
-  const T* wm;      // [K, N] modulator weight or null
-};
-
-template <typename T>
-inline T clamp_to(T u, T lo, T hi) {  // torch.clamp, NaN included; branch-free for simd
-  return u < lo ? lo : (u > hi ? hi : u);
-}
-
-template <typename T>
-inline T rate_of(const Step<T>& s, const T* m_b, int64_t j) {
-  return s.neuromod == SIMPLE ? m_b[s.K == 1 ? 0 : j] : s.eta;
-}
-
-// ---- forward, first part: y_j = sum_i h_{t-1,i} alpha_ij H_ij (or z_j = sum_i h_i H_ij) ----
-// Rows are taken four at a time: short inner loops (N ~ 100) are dominated by their fixed cost.
-template <typename T>
-void plastic_input(const Step<T>& s, T* y) {
-  const int64_t N = s.N, NN = N * N;
-  const T* alpha = s.scalar_alpha ? nullptr : s.alpha;
-#pragma omp parallel for num_threads(s.threads) if (s.threads > 1 && s.B > 1) schedule(static)
-  for (int64_t b = 0; b < s.B; ++b) {
-    const T* __restrict__ H = s.H + b * NN;
-    const T* __restrict__ hp = s.hp + b * N;
-    T* __restrict__ yb = y + b * N;
-    std::fill(yb, yb + N, T(0));
-    int64_t i = 0;
-    for (; i + 4 <= N; i += 4) {
-      const T h0 = hp[i], h1 = hp[i + 1], h2 = hp[i + 2], h3 = hp[i + 3];
-      const T* __restrict__ H0 = H + i * N;
-      const T* __restrict__ H1 = H0 + N;
-      const T* __restrict__ H2 = H1 + N;
-      const T* __restrict__ H3 = H2 + N;
-      if (alpha) {
-        const T* __restrict__ a0 = alpha + i * N;
-        const T* __restrict__ a1 = a0 + N;
-        const T* __restrict__ a2 = a1 + N;
-        const T* __restrict__ a3 = a2 + N;
-#pragma omp simd
-        for (int64_t j = 0; j < N; ++j)
-          yb[j] += (h0 * (a0[j] * H0[j]) + h1 * (a1[j] * H1[j])) +
-                   (h2 * (a2[j] * H2[j]) + h3 * (a3[j] * H3[j]));
-      } else {
-#pragma omp simd
-        for (int64_t j = 0; j < N; ++j)
-          yb[j] += (h0 * H0[j] + h1 * H1[j]) + (h2 * H2[j] + h3 * H3[j]);
-      }
-    }
-    for (; i < N; ++i) {
-      const T hi = hp[i];
-      const T* __restrict__ Hi = H + i * N;
-      if (alpha) {
-        const T* __restrict__ ai = alpha + i * N;
-#pragma omp simd
-        for (int64_t j = 0; j < N; ++j) yb[j] += hi * (ai[j] * Hi[j]);
-      } else {
-#pragma omp simd
-        for (int64_t j = 0; j < N; ++j) yb[j] += hi * Hi[j];
-      }
-    }
-  }
-}
-
-// ---- forward, second part (and the replay): the trace update ----
-template <typename T>
-void update(const Step<T>& s, T* Hn, T* En) {
-  const int64_t N = s.N, NN = N * N;
-  const T lo = -s.clip, hi_c = s.clip, one_eta = T(1) - s.eta;
-#pragma omp parallel num_threads(s.threads) if (s.threads > 1 && s.B > 1)
-  {
-    std::vector<T> r(N), d(N);
-#pragma omp for schedule(static)
-    for (int64_t b = 0; b < s.B; ++b) {
-      const T* H = s.H + b * NN;
-      const T* hp = s.hp + b * N;
-      const T* h = s.h + b * N;
-      const T* mb = s.m ? s.m + b * s.K : nullptr;
-      T* out = Hn + b * NN;
-      if (s.neuromod == RETRO) {
-        const T* E = s.E + b * NN;
-        T* eout = En + b * NN;
-        for (int64_t j = 0; j < N; ++j) r[j] = mb[s.K == 1 ? 0 : j];  // M_j
-        for (int64_t j = 0; j < N; ++j) d[j] = s.eta * h[j];          // eta h_j
-        for (int64_t i = 0; i < N; ++i) {
-          const T* Ei = E + i * N;
-          const T* Hi = H + i * N;
-          const T hi = hp[i];
-#pragma omp simd
-          for (int64_t j = 0; j < N; ++j) {
-            const T u = Hi[j] + r[j] * Ei[j];
-            out[i * N + j] = clamp_to(u, lo, hi_c);
-            eout[i * N + j] = one_eta * Ei[j] + hi * d[j];
-          }
-        }
-        continue;
-      }
-      for (int64_t j = 0; j < N; ++j) r[j] = rate_of(s, mb, j) * h[j];
-      if (s.rule == OJA)
-        for (int64_t j = 0; j < N; ++j) d[j] = T(1) - r[j] * h[j];
-      for (int64_t i = 0; i < N; ++i) {
-        const T* Hi = H + i * N;
-        T* oi = out + i * N;
-        const T hi = hp[i];
-        if (s.rule == DECAY) {
-#pragma omp simd
-          for (int64_t j = 0; j < N; ++j) oi[j] = one_eta * Hi[j] + hi * r[j];
-        } else if (s.rule == OJA) {
-#pragma omp simd
-          for (int64_t j = 0; j < N; ++j) oi[j] = Hi[j] * d[j] + hi * r[j];
-        } else {
-#pragma omp simd
-          for (int64_t j = 0; j < N; ++j) oi[j] = clamp_to(Hi[j] + hi * r[j], lo, hi_c);
-        }
-      }
-    }
-  }
-}
-
-template <typename T>
-struct Grad {
-  const T* gH;   // [B, N, N] gradient w.r.t. Hebb_t, or null
-  const T* gE;   // [B, N, N] gradient w.r.t. E_t, or null
-  const T* gh;   // [B, N] or null
-  const T* gm;   // [B, K] or null
-  T* dH;         // [B, N, N] gradient w.r.t. Hebb_{t-1}, or null (not needed)
-  T* dE;         // [B, N, N] gradient w.r.t. E_{t-1}, or null
-  T* ga;         // [B, N] gradient w.r.t. the pre-activation a_t
-  T* ghp;        // [B, N] gradient w.r.t. h_{t-1}, except the term ga W^T
-  T* acc_alpha;  // [threads, N * N] (per connection alpha) or null; the sum ends in row 0
-  T* acc_wm;     // [threads, K * N] or null; idem
-  T* acc_bm;     // [threads, K] or null; idem
-  T* acc_eta;    // [threads]; idem
-};
-
-// Rows are processed four at a time (short rows, N ~ 100, are dominated by the fixed cost of a
-// loop and of its horizontal sums); rows past N read a zero row and write to throw-away rows
-// (``sink``, 4 N values), so that every contribution of theirs is zero.
-template <typename T>
-struct Rows {
-  const T* __restrict__ c[4];
-};
-
-template <typename T>
-struct RowsOut {
-  T* __restrict__ c[4];
-};
-
-template <typename T>
-inline Rows<T> rows_of(const T* base, int64_t i, int64_t N, const T* zero) {
-  Rows<T> out;
-  for (int q = 0; q < 4; ++q) out.c[q] = (i + q < N) ? base + (i + q) * N : zero;
-  return out;
-}
-
-template <typename T>
-inline RowsOut<T> rows_out(T* base, int64_t i, int64_t N, T* sink) {
-  RowsOut<T> out;
-  for (int q = 0; q < 4; ++q) out.c[q] = (i + q < N) ? base + (i + q) * N : sink + q * N;
-  return out;
-}
-
-// Prefetch rows [i, i + 4) of the next batch element's slab while this one is processed: the
-// slabs of a step come from memory (not cache) in backward, and a batch element's work runs in
-// bursts that leave the hardware prefetchers idle in between.
-template <typename T>
-inline void prefetch_rows(const T* next, int64_t i, int64_t N, bool write) {
-  if (!next) return;
-  const char* p = reinterpret_cast<const char*>(next + i * N);
-  const int64_t bytes = std::min<int64_t>(4, N - i) * N * int64_t(sizeof(T));
-  for (int64_t off = 0; off < bytes; off += 64) {
-    if (write)
-      __builtin_prefetch(p + off, 1, 3);
-    else
-      __builtin_prefetch(p + off, 0, 3);
-  }
-}
-
-template <typename T>
-inline void hp_of(const T* hp, int64_t i, int64_t N, T* h4) {
-  for (int q = 0; q < 4; ++q) h4[q] = (i + q < N) ? hp[i + q] : T(0);
-}
-
-template <typename T>
-inline void add_rows(T* ghp, int64_t i, int64_t N, const T* a4) {
-  for (int q = 0; q < 4; ++q)
-    if (i + q < N) ghp[i + q] += a4[q];
-}
-
-// Pass 1 of a non-retroactive rule: G_u = mask(G) (clip) or G, written to G; returns, added
-// to gr_j: sum_i G_u,ij h_i; to ghp_i: sum_j G_u,ij r_j; to gd_j (oja): sum_i G_u,ij H_ij;
-// to s (decay): sum G_u,ij H_ij.
-template <typename T, int RULE>
-void pass1(int64_t N, const T* H, const T* gH, T* G, const T* hp, const T* r, T* gr, T* gd,
-           T lo, T hi_c, T* ghp, T& s, const T* zero, T* sink, const T* nH, const T* ngH,
-           const T* nG) {
-  for (int64_t i = 0; i < N; i += 4) {
-    prefetch_rows(nH, i, N, false);
-    prefetch_rows(ngH, i, N, false);
-    prefetch_rows(nG, i, N, true);
-    const Rows<T> Hr = rows_of(H, i, N, zero), gr4 = rows_of(gH, i, N, zero);
-    const RowsOut<T> Gr = rows_out(G, i, N, sink);
-    T h4[4];
-    hp_of(hp, i, N, h4);
-    const T h0 = h4[0], h1 = h4[1], h2 = h4[2], h3 = h4[3];
-    const T *__restrict__ H0 = Hr.c[0], *__restrict__ H1 = Hr.c[1], *__restrict__ H2 = Hr.c[2],
-            *__restrict__ H3 = Hr.c[3];
-    const T *__restrict__ g0 = gr4.c[0], *__restrict__ g1 = gr4.c[1], *__restrict__ g2 = gr4.c[2],
-            *__restrict__ g3 = gr4.c[3];
-    T *__restrict__ G0 = Gr.c[0], *__restrict__ G1 = Gr.c[1], *__restrict__ G2 = Gr.c[2],
-      *__restrict__ G3 = Gr.c[3];
-    T a0 = 0, a1 = 0, a2 = 0, a3 = 0, sum = 0;
-#pragma omp simd reduction(+ : a0, a1, a2, a3, sum)
-    for (int64_t j = 0; j < N; ++j) {
-      const T rj = r[j];
-      T u0 = g0[j], u1 = g1[j], u2 = g2[j], u3 = g3[j];
-      if (RULE == CLIP) {
-        // U exactly as in update(): the mask is the forward's clamp, bit for bit
-        const T v0 = H0[j] + h0 * rj, v1 = H1[j] + h1 * rj;
-        const T v2 = H2[j] + h2 * rj, v3 = H3[j] + h3 * rj;
-        u0 = ((v0 >= lo) & (v0 <= hi_c)) ? u0 : T(0);
-        u1 = ((v1 >= lo) & (v1 <= hi_c)) ? u1 : T(0);
-        u2 = ((v2 >= lo) & (v2 <= hi_c)) ? u2 : T(0);
-        u3 = ((v3 >= lo) & (v3 <= hi_c)) ? u3 : T(0);
-      }
-      G0[j] = u0;
-      G1[j] = u1;
-      G2[j] = u2;
-      G3[j] = u3;
-      gr[j] += (u0 * h0 + u1 * h1) + (u2 * h2 + u3 * h3);
-      a0 += u0 * rj;
-      a1 += u1 * rj;
-      a2 += u2 * rj;
-      a3 += u3 * rj;
-      if (RULE == OJA) gd[j] += (u0 * H0[j] + u1 * H1[j]) + (u2 * H2[j] + u3 * H3[j]);
-      if (RULE == DECAY) sum += (u0 * H0[j] + u1 * H1[j]) + (u2 * H2[j] + u3 * H3[j]);
-    }
-    const T a4[4] = {a0, a1, a2, a3};
-    add_rows(ghp, i, N, a4);
-    s += sum;
-  }
-}
-
-// Pass 1 of retroactive neuromodulation, U = H + M E: G_u = mask(G) to G, gd_j += sum_i G_u E.
-template <typename T>
-void pass1_retro(int64_t N, const T* H, const T* E, const T* gH, T* G, const T* mj, T* gd,
-                 T lo, T hi_c) {
-  for (int64_t i = 0; i < N; ++i) {
-    const T *__restrict__ Hi = H + i * N, *__restrict__ Ei = E + i * N;
-    const T* __restrict__ gi = gH + i * N;
-    T* __restrict__ Gi = G + i * N;
-#pragma omp simd
-    for (int64_t j = 0; j < N; ++j) {
-      const T u = Hi[j] + mj[j] * Ei[j];
-      const T gu = ((u >= lo) & (u <= hi_c)) ? gi[j] : T(0);
-      Gi[j] = gu;
-      gd[j] += gu * Ei[j];
-    }
-  }
-}
-
-// Eligibility trace E_t = (1 - eta) E + eta h_{t-1} (x) h: gr_j += sum_i h_i G_E,ij,
-// ghp_i += eta sum_j G_E,ij h_j, s += sum G_E E.
-template <typename T>
-void pass1_elig(int64_t N, const T* E, const T* gE, const T* hp, const T* h, T eta, T* gr,
-                T* ghp, T& s, const T* zero) {
-  for (int64_t i = 0; i < N; i += 4) {
-    const Rows<T> Er = rows_of(E, i, N, zero), gr4 = rows_of(gE, i, N, zero);
-    T h4[4];
-    hp_of(hp, i, N, h4);
-    const T h0 = h4[0], h1 = h4[1], h2 = h4[2], h3 = h4[3];
-    const T *__restrict__ E0 = Er.c[0], *__restrict__ E1 = Er.c[1], *__restrict__ E2 = Er.c[2],
-            *__restrict__ E3 = Er.c[3];
-    const T *__restrict__ g0 = gr4.c[0], *__restrict__ g1 = gr4.c[1], *__restrict__ g2 = gr4.c[2],
-            *__restrict__ g3 = gr4.c[3];
-    T a0 = 0, a1 = 0, a2 = 0, a3 = 0, sum = 0;
-#pragma omp simd reduction(+ : a0, a1, a2, a3, sum)
-    for (int64_t j = 0; j < N; ++j) {
-      const T hj = h[j];
-      gr[j] += (h0 * g0[j] + h1 * g1[j]) + (h2 * g2[j] + h3 * g3[j]);
-      a0 += g0[j] * hj;
-      a1 += g1[j] * hj;
-      a2 += g2[j] * hj;
-      a3 += g3[j] * hj;
-      sum += (g0[j] * E0[j] + g1[j] * E1[j]) + (g2[j] * E2[j] + g3[j] * E3[j]);
-    }
-    const T a4[4] = {eta * a0, eta * a1, eta * a2, eta * a3};
-    add_rows(ghp, i, N, a4);
-    s += sum;
-  }
-}
-
-// Pass 2, the plastic input y_j = sum_i h_{t-1,i} alpha_ij H_ij:
-//   ghp_i += sum_j alpha_ij H_ij ga_j;  dalpha_ij += h_{t-1,i} ga_j H_ij;
-//   D_ij = d_j D_ij + alpha_ij h_{t-1,i} ga_j  (MODE 2; MODE 1: no first term; MODE 0: no D)
-template <typename T, int MODE>
-void pass2(int64_t N, const T* H, const T* alpha, T* A, T* D, const T* hp, const T* ga,
-           const T* d, T* ghp, const T* zero, T* sink) {
-  for (int64_t i = 0; i < N; i += 4) {
-    const Rows<T> Hr = rows_of(H, i, N, zero), ar = rows_of(alpha, i, N, zero);
-    const RowsOut<T> Ar = rows_out(A, i, N, sink);
-    const RowsOut<T> Dr = rows_out(D ? D : sink, D ? i : N, N, sink);
-    T h4[4];
-    hp_of(hp, i, N, h4);
-    const T h0 = h4[0], h1 = h4[1], h2 = h4[2], h3 = h4[3];
-    const T *__restrict__ H0 = Hr.c[0], *__restrict__ H1 = Hr.c[1], *__restrict__ H2 = Hr.c[2],
-            *__restrict__ H3 = Hr.c[3];
-    const T *__restrict__ w0 = ar.c[0], *__restrict__ w1 = ar.c[1], *__restrict__ w2 = ar.c[2],
-            *__restrict__ w3 = ar.c[3];
-    T *__restrict__ A0 = Ar.c[0], *__restrict__ A1 = Ar.c[1], *__restrict__ A2 = Ar.c[2],
-      *__restrict__ A3 = Ar.c[3];
-    T *__restrict__ D0 = Dr.c[0], *__restrict__ D1 = Dr.c[1], *__restrict__ D2 = Dr.c[2],
-      *__restrict__ D3 = Dr.c[3];
-    T a0 = 0, a1 = 0, a2 = 0, a3 = 0;
-#pragma omp simd reduction(+ : a0, a1, a2, a3)
-    for (int64_t j = 0; j < N; ++j) {
-      const T gj = ga[j];
-      const T hg0 = h0 * gj, hg1 = h1 * gj, hg2 = h2 * gj, hg3 = h3 * gj;
-      a0 += (w0[j] * H0[j]) * gj;
-      a1 += (w1[j] * H1[j]) * gj;
-      a2 += (w2[j] * H2[j]) * gj;
-      a3 += (w3[j] * H3[j]) * gj;
-      A0[j] += hg0 * H0[j];
-      A1[j] += hg1 * H1[j];
-      A2[j] += hg2 * H2[j];
-      A3[j] += hg3 * H3[j];
-      if (MODE == 2) {
-        const T dj = d[j];
-        D0[j] = dj * D0[j] + w0[j] * hg0;
-        D1[j] = dj * D1[j] + w1[j] * hg1;
-        D2[j] = dj * D2[j] + w2[j] * hg2;
-        D3[j] = dj * D3[j] + w3[j] * hg3;
-      } else if (MODE == 1) {
-        D0[j] = w0[j] * hg0;
-        D1[j] = w1[j] * hg1;
-        D2[j] = w2[j] * hg2;
-        D3[j] = w3[j] * hg3;
-      }
-    }
-    const T a4[4] = {a0, a1, a2, a3};
-    add_rows(ghp, i, N, a4);
-  }
-}
-
-// Pass 2 with a scalar alpha (y = alpha z, z_j = sum_i h_i H_ij): ghp_i += alpha sum_j H_ij ga_j;
-// D_ij = d_j D_ij + h_{t-1,i} alpha ga_j (MODE as in pass2).
-template <typename T, int MODE>
-void pass2_scalar(int64_t N, const T* H, T a_s, T* D, const T* hp, const T* ga, const T* d,
-                  T* ghp, const T* zero, T* sink) {
-  for (int64_t i = 0; i < N; i += 4) {
-    const Rows<T> Hr = rows_of(H, i, N, zero);
-    const RowsOut<T> Dr = rows_out(D ? D : sink, D ? i : N, N, sink);
-    T h4[4];
-    hp_of(hp, i, N, h4);
-    const T h0 = h4[0], h1 = h4[1], h2 = h4[2], h3 = h4[3];
-    const T *__restrict__ H0 = Hr.c[0], *__restrict__ H1 = Hr.c[1], *__restrict__ H2 = Hr.c[2],
-            *__restrict__ H3 = Hr.c[3];
-    T *__restrict__ D0 = Dr.c[0], *__restrict__ D1 = Dr.c[1], *__restrict__ D2 = Dr.c[2],
-      *__restrict__ D3 = Dr.c[3];
-    T a0 = 0, a1 = 0, a2 = 0, a3 = 0;
-#pragma omp simd reduction(+ : a0, a1, a2, a3)
-    for (int64_t j = 0; j < N; ++j) {
-      const T gj = ga[j], ag = a_s * gj;
-      a0 += H0[j] * gj;
-      a1 += H1[j] * gj;
-      a2 += H2[j] * gj;
-      a3 += H3[j] * gj;
-      if (MODE == 2) {
-        const T dj = d[j];
-        D0[j] = dj * D0[j] + h0 * ag;
-        D1[j] = dj * D1[j] + h1 * ag;
-        D2[j] = dj * D2[j] + h2 * ag;
-        D3[j] = dj * D3[j] + h3 * ag;
-      } else if (MODE == 1) {
-        D0[j] = h0 * ag;
-        D1[j] = h1 * ag;
-        D2[j] = h2 * ag;
-        D3[j] = h3 * ag;
-      }
-    }
-    const T a4[4] = {a_s * a0, a_s * a1, a_s * a2, a_s * a3};
-    add_rows(ghp, i, N, a4);
-  }
-}
-
-template <typename T>
-void backward(const Step<T>& s, const Grad<T>& g) {
-  const int64_t N = s.N, NN = N * N, K = s.K;
-  const T lo = -s.clip, hi_c = s.clip, one_eta = T(1) - s.eta;
-  const bool retro = s.neuromod == RETRO;
-  const bool modulated = s.neuromod != NONE;
-  int team = 1;
-#pragma omp parallel num_threads(s.threads) if (s.threads > 1 && s.B > 1)
-  {
-    const int tid = omp_get_thread_num();
-#pragma omp single
-    team = omp_get_num_threads();
-    T* acc_alpha = g.acc_alpha ? g.acc_alpha + tid * NN : nullptr;
-    T* acc_wm = g.acc_wm ? g.acc_wm + tid * K * N : nullptr;
-    T* acc_bm = g.acc_bm ? g.acc_bm + tid * K : nullptr;
-    T acc_eta = 0;
-    if (acc_alpha) std::fill(acc_alpha, acc_alpha + NN, T(0));
-    if (acc_wm) std::fill(acc_wm, acc_wm + K * N, T(0));
-    if (acc_bm) std::fill(acc_bm, acc_bm + K, T(0));
-    std::vector<T> scratch(g.dH ? 0 : NN);
-    std::vector<T> r(N), d(N), gh(N), gr(N), gd(N), gmod(K), gz(K), zero(N, T(0)), sink(4 * N);
-#pragma omp for schedule(static)
-    for (int64_t b = 0; b < s.B; ++b) {
-      const T* H = s.H + b * NN;
-      const T* E = retro ? s.E + b * NN : nullptr;
-      const T* hp = s.hp + b * N;
-      const T* h = s.h + b * N;
-      const T* mb = s.m ? s.m + b * K : nullptr;
-      const T* gHb = g.gH ? g.gH + b * NN : nullptr;
-      const T* gEb = g.gE ? g.gE + b * NN : nullptr;
-      T* GU = g.dH ? g.dH + b * NN : scratch.data();  // masked dHebb_t, then dHebb_{t-1}
-      T* ghp = g.ghp + b * N;
-      const bool more = b + 1 < s.B;
-      const T* nH = more ? H + NN : nullptr;
-      const T* ngH = more && gHb ? gHb + NN : nullptr;
-      const T* nG = more && g.dH ? GU + NN : nullptr;
-      for (int64_t j = 0; j < N; ++j) gh[j] = g.gh ? g.gh[b * N + j] : T(0);
-      for (int64_t k = 0; k < K; ++k) gmod[k] = g.gm ? g.gm[b * K + k] : T(0);
-      std::fill(ghp, ghp + N, T(0));
-      // r: the increment's post-synaptic factor (M_j for retroactive); d: the factor of
-      // Hebb_{t-1} in U (1 for clip and retroactive)
-      if (!retro) {
-        for (int64_t j = 0; j < N; ++j) r[j] = rate_of(s, mb, j) * h[j];
-        for (int64_t j = 0; j < N; ++j)
-          d[j] = s.rule == DECAY ? one_eta : (s.rule == OJA ? T(1) - r[j] * h[j] : T(1));
-      } else {
-        for (int64_t j = 0; j < N; ++j) r[j] = mb[K == 1 ? 0 : j];
-        for (int64_t j = 0; j < N; ++j) d[j] = T(1);
-      }
-      // ---- pass 1: the trace update ----
-      if (gHb) {
-        std::fill(gr.begin(), gr.end(), T(0));
-        std::fill(gd.begin(), gd.end(), T(0));
-        if (retro) {
-          // U = H + M E: dM_j = sum_i G_u,ij E_ij (summed over j for a scalar M)
-          pass1_retro(N, H, E, gHb, GU, r.data(), gd.data(), lo, hi_c);
-          if (K == 1) {
-            T sum = 0;
-            for (int64_t j = 0; j < N; ++j) sum += gd[j];
-            gmod[0] += sum;
-          } else {
-            for (int64_t j = 0; j < N; ++j) gmod[j] += gd[j];
-          }
-        } else {
-          T s_gh_h = 0;
-          if (s.rule == DECAY)
-            pass1<T, DECAY>(N, H, gHb, GU, hp, r.data(), gr.data(), gd.data(), lo, hi_c, ghp,
-                            s_gh_h, zero.data(), sink.data(), nH, ngH, nG);
-          else if (s.rule == OJA)
-            pass1<T, OJA>(N, H, gHb, GU, hp, r.data(), gr.data(), gd.data(), lo, hi_c, ghp,
-                          s_gh_h, zero.data(), sink.data(), nH, ngH, nG);
-          else
-            pass1<T, CLIP>(N, H, gHb, GU, hp, r.data(), gr.data(), gd.data(), lo, hi_c, ghp,
-                           s_gh_h, zero.data(), sink.data(), nH, ngH, nG);
-          if (s.rule == DECAY) acc_eta -= s_gh_h;
-          if (s.rule == OJA) {
-            for (int64_t j = 0; j < N; ++j) {
-              gr[j] -= gd[j] * h[j];
-              gh[j] -= gd[j] * r[j];
-            }
-          }
-          // r_j = rate_j h_j
-          for (int64_t j = 0; j < N; ++j) gh[j] += gr[j] * rate_of(s, mb, j);
-          if (s.neuromod == SIMPLE) {
-            if (K == 1) {
-              T sum = 0;
-              for (int64_t j = 0; j < N; ++j) sum += gr[j] * h[j];
-              gmod[0] += sum;
-            } else {
-              for (int64_t j = 0; j < N; ++j) gmod[j] += gr[j] * h[j];
-            }
-          } else {
-            for (int64_t j = 0; j < N; ++j) acc_eta += gr[j] * h[j];
-          }
-        }
-      }
-      if (gEb) {
-        // E_t = (1 - eta) E + eta h_{t-1} (x) h
-        std::fill(gr.begin(), gr.end(), T(0));
-        T s_ge_e = 0;
-        pass1_elig(N, E, gEb, hp, h, s.eta, gr.data(), ghp, s_ge_e, zero.data());
-        T s_th = 0;
-        for (int64_t j = 0; j < N; ++j) {
-          gh[j] += s.eta * gr[j];
-          s_th += gr[j] * h[j];
-        }
-        acc_eta += s_th - s_ge_e;
-      }
-      // ---- modulator: M = tanh(h W_m^T + b_m) ----
-      if (modulated) {
-        for (int64_t k = 0; k < K; ++k) gz[k] = gmod[k] * (T(1) - mb[k] * mb[k]);
-        for (int64_t k = 0; k < K; ++k) {
-          const T gk = gz[k];
-          const T* __restrict__ wk = s.wm + k * N;
-          T* __restrict__ ak = acc_wm + k * N;
-          T* __restrict__ ghj = gh.data();
-#pragma omp simd
-          for (int64_t j = 0; j < N; ++j) {
-            ghj[j] += gk * wk[j];
-            ak[j] += gk * h[j];
-          }
-          acc_bm[k] += gk;
-        }
-      }
-      T* gab = g.ga + b * N;
-      for (int64_t j = 0; j < N; ++j) gab[j] = gh[j] * (T(1) - h[j] * h[j]);
-      // dE_{t-1} = G_u M + (1 - eta) G_E (before G_u is overwritten by dHebb_{t-1})
-      if (g.dE && retro) {
-        T* dE = g.dE + b * NN;
-        for (int64_t i = 0; i < N; ++i) {
-          T* __restrict__ Di = dE + i * N;
-          const T* __restrict__ Gi = GU + i * N;
-          const T* __restrict__ gi = gEb ? gEb + i * N : nullptr;
-          const T* __restrict__ rj = r.data();
-          if (gHb && gi) {
-#pragma omp simd
-            for (int64_t j = 0; j < N; ++j) Di[j] = Gi[j] * rj[j] + one_eta * gi[j];
-          } else if (gHb) {
-#pragma omp simd
-            for (int64_t j = 0; j < N; ++j) Di[j] = Gi[j] * rj[j];
-          } else if (gi) {
-#pragma omp simd
-            for (int64_t j = 0; j < N; ++j) Di[j] = one_eta * gi[j];
-          } else {
-            std::fill(Di, Di + N, T(0));
-          }
-        }
-      }
-      // ---- pass 2: the plastic input ----
-      T* dH = g.dH ? g.dH + b * NN : nullptr;
-      const int mode = dH == nullptr ? 0 : (gHb ? 2 : 1);
-      if (s.scalar_alpha) {
-        const T a_s = s.alpha[0];
-        if (mode == 2)
-          pass2_scalar<T, 2>(N, H, a_s, dH, hp, gab, d.data(), ghp, zero.data(), sink.data());
-        else if (mode == 1)
-          pass2_scalar<T, 1>(N, H, a_s, dH, hp, gab, d.data(), ghp, zero.data(), sink.data());
-        else
-          pass2_scalar<T, 0>(N, H, a_s, dH, hp, gab, d.data(), ghp, zero.data(), sink.data());
-      } else {
-        if (mode == 2)
-          pass2<T, 2>(N, H, s.alpha, acc_alpha, dH, hp, gab, d.data(), ghp, zero.data(),
-                      sink.data());
-        else if (mode == 1)
-          pass2<T, 1>(N, H, s.alpha, acc_alpha, dH, hp, gab, d.data(), ghp, zero.data(),
-                      sink.data());
-        else
-          pass2<T, 0>(N, H, s.alpha, acc_alpha, dH, hp, gab, d.data(), ghp, zero.data(),
-                      sink.data());
-      }
-    }
-    if (g.acc_eta) g.acc_eta[tid] = acc_eta;
-  }
-  // Per-thread partial sums into slot 0 (in a fixed order: the result does not depend on
-  // timing, only on the number of threads).
-  for (int t = 1; t < team; ++t) {
-    if (g.acc_alpha)
-      for (int64_t k = 0; k < NN; ++k) g.acc_alpha[k] += g.acc_alpha[t * NN + k];
-    if (g.acc_wm)
-      for (int64_t k = 0; k < K * N; ++k) g.acc_wm[k] += g.acc_wm[t * K * N + k];
-    if (g.acc_bm)
-      for (int64_t k = 0; k < K; ++k) g.acc_bm[k] += g.acc_bm[t * K + k];
-    if (g.acc_eta) g.acc_eta[0] += g.acc_eta[t];
-  }
-}
-
-}  // namespace
-
-#define HG_EXPORT(T, SUFFIX)                                                                  \
-  extern "C" void hg_plastic_input_##SUFFIX(const Step<T>* s, T* y) { plastic_input(*s, y); } \
-  extern "C" void hg_update_##SUFFIX(const Step<T>* s, T* Hn, T* En) { update(*s, Hn, En); } \
-  extern "C" void hg_backward_##SUFFIX(const Step<T>* s, const Grad<T>* g) { backward(*s, *g); }
-
-HG_EXPORT(float, f32)
-HG_EXPORT(double, f64)
-"""
 
 _NATIVE_FLAGS = (
     "-O3",
     "-march=native",
-    "-ffp-contract=off",
+    "-ffp-contract=fast",
+    "-fno-math-errno",
     "-fopenmp",
     "-fPIC",
     "-shared",
     "-std=c++17",
 )
+# Vectorised tanh from glibc's libmvec where it exists (x86-64 glibc >= 2.35), else scalar.
+_VECTOR_MATH_FLAGS = (("-DHG_LIBMVEC", "-lmvec"), ())
 _RULE_CODES = {"decay": 0, "oja": 1, "clip": 2}
 _NEUROMOD_CODES = {"none": 0, "simple": 1, "retroactive": 2}
 
@@ -1179,8 +584,9 @@ def _build_native() -> ctypes.CDLL:
     compiler = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
     if compiler is None:
         raise RuntimeError("no C++ compiler found (set CXX)")
+    source_text = _NATIVE_SOURCE_FILE.read_text()
     key = hashlib.sha256(
-        "\0".join([_NATIVE_SOURCE, compiler, *_NATIVE_FLAGS, _cpu_fingerprint()]).encode()
+        "\0".join([source_text, compiler, *_NATIVE_FLAGS, _cpu_fingerprint()]).encode()
     ).hexdigest()[:20]
     cache = Path(os.environ.get("HEBBGYM_CACHE_DIR", Path.home() / ".cache" / "hebbgym"))
     path = cache / f"plastic_kernels_{key}.so"
@@ -1188,16 +594,23 @@ def _build_native() -> ctypes.CDLL:
         cache.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=cache) as tmp:
             source = Path(tmp) / "plastic_kernels.cpp"
-            source.write_text(_NATIVE_SOURCE)
+            source.write_text(source_text)
             built = Path(tmp) / "plastic_kernels.so"
-            result = subprocess.run(
-                [compiler, *_NATIVE_FLAGS, "-o", str(built), str(source)],
-                capture_output=True,
-                text=True,
-                timeout=600,
-            )
-            if result.returncode != 0:
-                raise RuntimeError(f"compiling the plastic kernels failed:\n{result.stderr}")
+            errors = []
+            for extra in _VECTOR_MATH_FLAGS:
+                defines = [f for f in extra if f.startswith("-D")]
+                libraries = [f for f in extra if not f.startswith("-D")]
+                result = subprocess.run(
+                    [compiler, *_NATIVE_FLAGS, *defines, "-o", str(built), str(source), *libraries],
+                    capture_output=True,
+                    text=True,
+                    timeout=600,
+                )
+                if result.returncode == 0:
+                    break
+                errors.append(result.stderr)
+            else:
+                raise RuntimeError(f"compiling the plastic kernels failed:\n{errors[-1]}")
             os.replace(built, path)  # atomic: concurrent builders never see a partial file
     return ctypes.CDLL(str(path))
 
@@ -1249,21 +662,50 @@ class _StepArgs64(ctypes.Structure):
     _fields_ = [(n, t or ctypes.c_double) for n, t in _STEP_FIELDS]
 
 
-class _GradArgs(ctypes.Structure):
-    _fields_ = [
-        (name, ctypes.c_void_p)
-        for name in (
-            "gH", "gE", "gh", "gm", "dH", "dE", "ga", "ghp",
-            "acc_alpha", "acc_wm", "acc_bm", "acc_eta",
-        )
-    ]  # fmt: skip
+_ACCUMULATORS = ("acc_alpha", "acc_wm", "acc_bm", "acc_eta")  # C struct Accumulators<T>
+
+
+def _pointer_fields(*names: str) -> list[tuple[str, Any]]:
+    return [(name, ctypes.c_void_p) for name in names]
+
+
+class _GradArgs(ctypes.Structure):  # C struct Grad<T>
+    _fields_ = _pointer_fields("gH", "gE", "gh", "gm", "dH", "dE", "ga", "ghp", *_ACCUMULATORS)
+
+
+_SEQUENCE_POINTERS = (
+    "x", "w_in", "w", "bias", "bm", "h0", "H0", "E0", "hs", "ms", "H_end", "E_end", "H_ck", "E_ck",
+)  # fmt: skip
+
+
+def _sequence_fields(step_args: type) -> list[tuple[str, Any]]:
+    """The fields of the C struct ``Sequence<T>``: a step, the sizes, the pointers."""
+    return [
+        ("step", step_args),
+        *[(name, ctypes.c_int64) for name in ("steps", "I", "interval")],
+        *_pointer_fields(*_SEQUENCE_POINTERS),
+    ]
+
+
+class _SequenceArgs32(ctypes.Structure):
+    _fields_ = _sequence_fields(_StepArgs32)
+
+
+class _SequenceArgs64(ctypes.Structure):
+    _fields_ = _sequence_fields(_StepArgs64)
+
+
+class _SequenceGradArgs(ctypes.Structure):  # C struct SequenceGrad<T>
+    _fields_ = _pointer_fields("ghs", "gms", "gH", "gE", "ga", "gh0", "gH0", "gE0", *_ACCUMULATORS)
 
 
 class _NativeFns(NamedTuple):
     args: type
-    plastic_input: Any
+    sequence_args: type
     update: Any
     backward: Any
+    sequence_forward: Any
+    sequence_backward: Any
 
 
 def _native_fns(dtype: torch.dtype) -> _NativeFns:
@@ -1271,13 +713,21 @@ def _native_fns(dtype: torch.dtype) -> _NativeFns:
     if fns is None:
         lib = _native_library()
         suffix = "f32" if dtype == torch.float32 else "f64"
+        single = dtype == torch.float32
         fns = _NativeFns(
-            _StepArgs32 if dtype == torch.float32 else _StepArgs64,
-            getattr(lib, f"hg_plastic_input_{suffix}"),
-            getattr(lib, f"hg_update_{suffix}"),
-            getattr(lib, f"hg_backward_{suffix}"),
+            _StepArgs32 if single else _StepArgs64,
+            _SequenceArgs32 if single else _SequenceArgs64,
+            *(
+                getattr(lib, f"hg_{name}_{suffix}")
+                for name in (
+                    "update",
+                    "backward",
+                    "sequence_forward",
+                    "sequence_backward",
+                )
+            ),
         )
-        for f in fns[1:]:
+        for f in fns[2:]:
             f.restype = None
         _state[dtype] = fns
     return fns
@@ -1306,10 +756,11 @@ def _vp(t: Tensor | None) -> int | None:
 _PARALLEL_GRAIN = 1 << 16
 
 
-def _threads(hebb: Tensor) -> int:
-    """Threads for a kernel: torch's count, but one below ``_PARALLEL_GRAIN`` trace elements,
-    where waking a second thread (or waiting for a busy core) costs more than it saves."""
-    if hebb.numel() < _PARALLEL_GRAIN:
+def _threads(hebb: Tensor, steps: int = 1) -> int:
+    """Threads for a kernel over ``steps`` time steps: torch's count, but one below
+    ``_PARALLEL_GRAIN`` trace elements (times steps), where waking a second thread (or waiting
+    for a busy core) costs more than it saves."""
+    if hebb.numel() * steps < _PARALLEL_GRAIN:
         return 1
     return max(1, torch.get_num_threads())
 
@@ -1323,9 +774,10 @@ def _step_args(
     h_prev: Tensor,
     alpha: Tensor,
     wm: Tensor | None,
+    steps: int = 1,
 ) -> Any:
-    """The C struct of one step; every tensor it points to must be contiguous, and alive
-    while the kernels run (the caller holds them)."""
+    """The C struct of one step (or of the shared part of ``steps``); every tensor it points
+    to must be contiguous, and alive while the kernels run (the caller holds them)."""
     n = hebb.shape[1]
     return fns.args(
         hebb.shape[0],
@@ -1334,7 +786,7 @@ def _step_args(
         _RULE_CODES[spec.rule],
         _NEUROMOD_CODES[spec.neuromod],
         int(spec.scalar_alpha),
-        _threads(hebb),
+        _threads(hebb, steps),
         0.0 if p.eta is None else p.eta.detach().item(),
         spec.clip_value,
         hebb.data_ptr(),
@@ -1355,17 +807,11 @@ def _native_forward(
     hebb: Tensor,
     elig: Tensor | None,
 ) -> _Out:
-    """One step: ``y`` (or ``z``) in one pass over the trace, the ``[B, N]`` products in
-    ATen, then the trace update in one more pass."""
-    hebb, elig, h_prev = _contiguous(hebb), _contiguous(elig), _contiguous(h_prev)
-    alpha, wm = _contiguous(p.alpha), _contiguous(p.wm)
-    fns = _native_fns(hebb.dtype)
-    args = _step_args(fns, spec, p, hebb, elig, h_prev, alpha, wm)
-    y = torch.empty_like(h_prev)
-    fns.plastic_input(ctypes.byref(args), ctypes.c_void_p(y.data_ptr()))
-    h, m = _activations(spec, p, x, h_prev, y)
-    new_hebb, new_elig = _native_update_with(fns, args, spec, h, m, hebb)
-    return _Out(h, m, y if spec.scalar_alpha else None, new_hebb, new_elig)
+    """One step: the sequence kernel over a single step, so that a chain of steps computes
+    exactly what :func:`fused_sequence` computes (``z`` is not needed: the native backward
+    sums a scalar ``alpha``'s gradient itself)."""
+    out, _, _ = _native_sequence(spec, p, x.unsqueeze(0), h_prev, hebb, elig, interval=None)
+    return _Out(out.hs[0], None if out.ms is None else out.ms[0], None, out.hebb, out.elig)
 
 
 def _native_update_with(
@@ -1428,7 +874,7 @@ def _native_backward(
     d_elig = torch.empty_like(d_hebb) if need_trace_grads and spec.retroactive else None
     # One buffer for the small outputs: ga, ghp, then per-thread sums of dalpha, dW_m, db_m,
     # deta (the kernel adds them up into their first row).
-    n_alpha = 0 if spec.scalar_alpha else n * n
+    n_alpha = 1 if spec.scalar_alpha else n * n
     sizes = (batch * n, batch * n, threads * n_alpha, threads * k * n, threads * k, threads)
     small = torch.empty(sum(sizes), dtype=h.dtype)
     g_a, g_hp, acc_alpha, acc_wm, acc_bm, acc_eta = small.split(sizes)
@@ -1442,7 +888,7 @@ def _native_backward(
         _vp(d_elig),
         g_a.data_ptr(),
         g_hp.data_ptr(),
-        acc_alpha.data_ptr() if n_alpha else None,
+        acc_alpha.data_ptr(),
         acc_wm.data_ptr() if k else None,
         acc_bm.data_ptr() if k else None,
         acc_eta.data_ptr(),
@@ -1450,7 +896,7 @@ def _native_backward(
     fns.backward(ctypes.byref(args), ctypes.byref(grad_args))
     out = _Grads()
     _linear_grads(out, p, x, h_prev, g_a, g_hp, need_x)
-    out.alpha = (z * g_a).sum() if spec.scalar_alpha else acc_alpha[:n_alpha].view(n, n)
+    out.alpha = acc_alpha[0] if spec.scalar_alpha else acc_alpha[:n_alpha].view(n, n)
     if p.eta is not None:
         out.eta = acc_eta[0]
     if k:
@@ -1674,7 +1120,13 @@ def fused_step(
     """
     hebb = state.hebb if spec.plastic else None
     elig = state.eligibility if spec.retroactive else None
-    outputs = _StepFunction.apply(spec, x_t, state.h, hebb, elig, *_Params.of(core))
+    params = _Params.of(core)
+    if _use_native(spec, state.h) and not _needs_graph(x_t, state.h, hebb, elig, *params):
+        # Nothing to differentiate (rollouts, evaluation): the sequence kernel for one step,
+        # which computes exactly what the sequence Function's forward computes.
+        hs, ms, new_hebb, new_elig = fused_sequence(core, spec, x_t.unsqueeze(0), state)
+        return hs[0], ms[0], new_hebb, new_elig
+    outputs = _StepFunction.apply(spec, x_t, state.h, hebb, elig, *params)
     h, m, new_hebb, new_elig = _split_outputs(spec, outputs)
     return (
         h,
@@ -1695,100 +1147,178 @@ def sequence_checkpoint_interval(steps: int) -> int:
     return max(1, math.ceil(math.sqrt(steps)))
 
 
+class _Sequence(NamedTuple):
+    """What the native forward over a sequence returns (checkpoints ``None`` unless asked)."""
+
+    hs: Tensor
+    ms: Tensor | None
+    hebb: Tensor
+    elig: Tensor | None
+    checkpoints: Tensor | None
+    elig_checkpoints: Tensor | None
+
+
+def _native_sequence(
+    spec: FusedSpec,
+    p: _Params,
+    x: Tensor,
+    h0: Tensor,
+    hebb0: Tensor,
+    elig0: Tensor | None,
+    interval: int | None,
+) -> tuple[_Sequence, Any, Any]:
+    """All ``T`` steps in one C++ call, batch element after batch element (each one's trace in
+    cache for the whole episode). With ``interval``, the traces before every ``interval``-th
+    step are kept for backward. Also returns the C structs, which backward reuses."""
+    x, h0, hebb0, elig0 = (_contiguous(t) for t in (x, h0, hebb0, elig0))
+    w_in, w, bias, alpha, wm, bm = (
+        _contiguous(t) for t in (p.w_in, p.w, p.bias, p.alpha, p.wm, p.bm)
+    )
+    fns = _native_fns(hebb0.dtype)
+    steps, batch, n = x.shape[0], h0.shape[0], h0.shape[1]
+    k = spec.modulator_size(n)
+    step = _step_args(fns, spec, p, hebb0, elig0, h0, alpha, wm, steps)
+    out = _Sequence(
+        hs=h0.new_empty(steps, batch, n),
+        ms=h0.new_empty(steps, batch, k) if k else None,
+        hebb=torch.empty_like(hebb0),
+        elig=torch.empty_like(elig0) if spec.retroactive else None,
+        checkpoints=None,
+        elig_checkpoints=None,
+    )
+    if interval is not None:
+        shape = (math.ceil(steps / interval), *hebb0.shape)
+        out = out._replace(
+            checkpoints=hebb0.new_empty(shape),
+            elig_checkpoints=hebb0.new_empty(shape) if spec.retroactive else None,
+        )
+    pointers = [x, w_in, w, bias, bm, h0, hebb0, elig0, *out]
+    args = fns.sequence_args(
+        step, steps, x.shape[2], interval or steps, *(_vp(t) for t in pointers)
+    )
+    fns.sequence_forward(ctypes.byref(args))
+    return out, fns, args
+
+
+def _needs_graph(*tensors: Tensor | None) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
 class _SequenceFunction(torch.autograd.Function):
-    """``T`` steps as one graph node: saves the ``[T, B, N]`` activations and a trace every
-    ``ceil(sqrt(T))`` steps; backward walks the segments in reverse, replaying each one's
-    traces from its checkpoint, then its steps in reverse."""
+    """``T`` steps as one graph node, on the native kernels: saves the ``[T, B, N]``
+    activations and a trace every ``ceil(sqrt(T))`` steps; backward runs in one C++ call
+    (element by element, segments in reverse, each replayed from its checkpoint), then the
+    gradients of ``W_in``, ``W``, ``b`` and ``x`` as four matrix products over all steps."""
 
     @staticmethod
     def forward(ctx: Any, spec: FusedSpec, x: Tensor, h0: Tensor, hebb0, elig0, *params):
         ctx.set_materialize_grads(False)
         p = _Params(*params)
-        native = _use_native(spec, h0)
-        steps = x.shape[0]
-        interval = sequence_checkpoint_interval(steps)
-        hs, ms, zs, checkpoints = [], [], [], []
-        h_prev, hebb, elig = h0, hebb0, elig0
-        for t in range(steps):
-            if spec.plastic and t % interval == 0:
-                checkpoints += [hebb, elig]
-            out = _step_forward(spec, p, x[t], h_prev, hebb, elig, native)
-            hs.append(out.h)
-            ms.append(out.m)
-            zs.append(out.z)
-            h_prev, hebb, elig = out.h, out.hebb, out.elig
-        out_h = torch.stack(hs)
-        out_m = torch.stack(ms) if spec.modulated else None
-        out_z = torch.stack(zs) if spec.plastic and spec.scalar_alpha else None
+        interval = sequence_checkpoint_interval(x.shape[0])
+        out, _, _ = _native_sequence(spec, p, x, h0, hebb0, elig0, interval)
         ctx.spec = spec
-        ctx.native = native
         ctx.interval = interval
-        ctx.save_for_backward(x, h0, out_h, out_m, out_z, *p, *checkpoints)
-        return _join_outputs(spec, _Out(out_h, out_m, None, hebb, elig))
+        ctx.save_for_backward(
+            x, h0, hebb0, elig0, out.hs, out.ms, out.checkpoints, out.elig_checkpoints, *p
+        )
+        return _join_outputs(spec, _Out(out.hs, out.ms, None, out.hebb, out.elig))
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, *grads: Tensor | None):
         spec: FusedSpec = ctx.spec
-        g_hs, g_ms, g_hebb, g_elig = _split_outputs(spec, grads)
-        saved = ctx.saved_tensors
-        x, h0, hs, ms, zs = saved[:5]
-        p = _Params(*saved[5 : 5 + _N_PARAMS])
-        flat = saved[5 + _N_PARAMS :]
-        steps, interval = x.shape[0], ctx.interval
+        g_hs, g_ms, g_hebb, g_elig = (_contiguous(g) for g in _split_outputs(spec, grads))
+        x, h0, hebb0, elig0, hs, ms, checkpoints, elig_checkpoints, *params = ctx.saved_tensors
+        p = _Params(*params)
+        alpha, wm = _contiguous(p.alpha), _contiguous(p.wm)
+        steps, batch, n = hs.shape
+        k = spec.modulator_size(n)
         need = ctx.needs_input_grad
-        need_first_trace = need[_NEED_HEBB] or need[_NEED_ELIG]
+        need_traces = need[_NEED_HEBB] or need[_NEED_ELIG]
 
-        g_x = torch.empty_like(x) if need[_NEED_X] else None
-        sums: list[Tensor | None] = [None] * _N_PARAMS
-        g_next: Tensor | None = None  # gradient w.r.t. h_t from step t + 1
-        for start in reversed(range(0, steps, interval)):
-            stop = min(start + interval, steps)
-            # Incoming traces of the segment's steps, rebuilt from its checkpoint.
-            inputs: list[tuple[Tensor | None, Tensor | None]] = [(None, None)] * (stop - start)
-            if spec.plastic:
-                k = start // interval
-                inputs = [(flat[2 * k], flat[2 * k + 1])]
-                for t in range(start, stop - 1):
-                    h_prev = h0 if t == 0 else hs[t - 1]
-                    m = ms[t] if spec.modulated else None
-                    inputs.append(_update(spec, p, h_prev, hs[t], m, *inputs[-1], ctx.native))
-            for t in reversed(range(start, stop)):
-                g_h = g_next if g_hs is None else _add(g_next, g_hs[t])
-                g = _step_backward(
-                    ctx.native,
-                    spec,
-                    p,
-                    x[t],
-                    h0 if t == 0 else hs[t - 1],
-                    hs[t],
-                    ms[t] if spec.modulated else None,
-                    zs[t] if zs is not None else None,
-                    *inputs.pop(),
-                    g_h,
-                    None if g_ms is None else g_ms[t],
-                    g_hebb,
-                    g_elig,
-                    t > 0 or need_first_trace,
-                    need[_NEED_X],
-                )
-                if g_x is not None:
-                    g_x[t] = g.x
-                g_next, g_hebb, g_elig = g.h_prev, g.hebb, g.elig
-                for k, value in enumerate(g.params()):
-                    if value is not None:
-                        sums[k] = value.clone() if sums[k] is None else sums[k].add_(value)
-        return (None, g_x, g_next, g_hebb, g_elig, *sums)
+        fns = _native_fns(hs.dtype)
+        step = _step_args(fns, spec, p, hebb0, elig0, h0, alpha, wm, steps)
+        sequence = fns.sequence_args(
+            step,
+            steps,
+            x.shape[2],
+            ctx.interval,
+            *(_vp(t) for t in (x, p.w_in, p.w, p.bias, p.bm, h0, hebb0, elig0, hs, ms, None, None)),
+            _vp(checkpoints),
+            _vp(elig_checkpoints),
+        )
+        g_a = torch.empty_like(hs)
+        g_h0 = torch.empty_like(h0)
+        g_hebb0 = torch.empty_like(hebb0) if need_traces else None
+        g_elig0 = torch.empty_like(hebb0) if need_traces and spec.retroactive else None
+        # Per-thread sums of dalpha, dW_m, db_m, deta (the kernel adds them up into row 0).
+        threads = step.threads
+        n_alpha = 1 if spec.scalar_alpha else n * n
+        sizes = (threads * n_alpha, threads * k * n, threads * k, threads)
+        acc_alpha, acc_wm, acc_bm, acc_eta = hs.new_empty(sum(sizes)).split(sizes)
+        grad_args = _SequenceGradArgs(
+            *(_vp(t) for t in (g_hs, g_ms, g_hebb, g_elig, g_a, g_h0, g_hebb0, g_elig0)),
+            acc_alpha.data_ptr(),
+            acc_wm.data_ptr() if k else None,
+            acc_bm.data_ptr() if k else None,
+            acc_eta.data_ptr(),
+        )
+        fns.sequence_backward(ctypes.byref(sequence), ctypes.byref(grad_args))
+
+        # a_t = x_t W_in + h_{t-1} W + b + ...: all steps at once.
+        flat_a = g_a.view(-1, n)
+        h_prev = torch.cat([h0.unsqueeze(0), hs[:-1]]).view(-1, n)
+        g_x = (flat_a @ p.w_in.t()).view_as(x) if need[_NEED_X] else None
+        g_alpha = acc_alpha[0] if spec.scalar_alpha else acc_alpha[:n_alpha].view(n, n)
+        return (
+            None,
+            g_x,
+            g_h0,
+            g_hebb0,
+            g_elig0,
+            x.reshape(-1, x.shape[2]).t() @ flat_a,
+            h_prev.t() @ flat_a,
+            flat_a.sum(0),
+            g_alpha,
+            acc_eta[0] if p.eta is not None else None,
+            acc_wm[: k * n].view(k, n) if k else None,
+            acc_bm[:k] if k else None,
+        )
+
+
+def _stepwise_sequence(
+    spec: FusedSpec, params: _Params, x: Tensor, h: Tensor, hebb, elig
+) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]:
+    """The sequence as a chain of per-step Functions (the torch kernels' sequence path)."""
+    hs, ms = [], []
+    for x_t in x.unbind(0):
+        outputs = _StepFunction.apply(spec, x_t, h, hebb, elig, *params)
+        h, m, hebb, elig = _split_outputs(spec, outputs)
+        hs.append(h)
+        ms.append(m)
+    return torch.stack(hs), torch.stack(ms) if spec.modulated else None, hebb, elig
 
 
 def fused_sequence(
     core: Any, spec: FusedSpec, x: Tensor, state: Any
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """``T`` steps of ``core`` from ``state``: ``(h [T, B, N], M [T, B, K], Hebb_T, E_T)``."""
+    """``T`` steps of ``core`` from ``state``: ``(h [T, B, N], M [T, B, K], Hebb_T, E_T)``.
+
+    Native kernels: one C++ call for the forward (and one for the backward) of the whole
+    sequence; without a graph to build (``no_grad``, or nothing requires grad) nothing is
+    saved. Torch kernels: a chain of per-step Functions.
+    """
     hebb = state.hebb if spec.plastic else None
     elig = state.eligibility if spec.retroactive else None
-    outputs = _SequenceFunction.apply(spec, x, state.h, hebb, elig, *_Params.of(core))
-    hs, ms, new_hebb, new_elig = _split_outputs(spec, outputs)
+    params = _Params.of(core)
+    if not _use_native(spec, state.h):
+        hs, ms, new_hebb, new_elig = _stepwise_sequence(spec, params, x, state.h, hebb, elig)
+    elif _needs_graph(x, state.h, hebb, elig, *params):
+        outputs = _SequenceFunction.apply(spec, x, state.h, hebb, elig, *params)
+        hs, ms, new_hebb, new_elig = _split_outputs(spec, outputs)
+    else:
+        out, _, _ = _native_sequence(spec, params, x, state.h, hebb, elig, interval=None)
+        hs, ms, new_hebb, new_elig = out.hs, out.ms, out.hebb, out.elig
     return (
         hs,
         hs.new_zeros(hs.shape[0], hs.shape[1], 0) if ms is None else ms,

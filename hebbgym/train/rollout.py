@@ -1,7 +1,8 @@
-"""Play a batch of whole episodes on the native vector env, keeping the graph for BPTT."""
+"""Play a batch of whole episodes on the native vector env, with the graph for BPTT."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import Any
 
@@ -35,30 +36,47 @@ def collect_rollout(
     generator: torch.Generator | None,
     greedy: bool = False,
     on_step: Callable[[StepOutput, dict[str, Any]], None] | None = None,
+    replay: bool = True,
 ) -> Rollout:
     """Run ``env.num_envs`` episodes from ``reset(seed=seed)`` to truncation.
 
-    Gradients flow through the whole episode (no truncation of BPTT), as in the papers.
+    Gradients flow through the whole episode (no truncation of BPTT), as in the papers. The
+    episodes are played step by step without a graph (choosing actions needs only the
+    forward pass); then, where gradients are enabled, :meth:`ActorCritic.replay` runs the
+    recorded observations through the agent in one sequence call and its outputs, graph
+    included, make the rollout: the same values and gradients as differentiating the played
+    steps, at a fraction of the cost (docs/performance.md). Under ``torch.no_grad()``
+    (evaluation) the played steps themselves are returned. ``replay=False`` keeps the graph of
+    the played steps instead (one autograd node per step: slower, but right for a core whose
+    forward is not a deterministic function of its inputs, e.g. one with dropout).
+
     ``on_step`` sees each step's agent output and the env info (for watching and analysis).
     """
-    obs, info = env.reset(seed=seed)
-    state = model.initial_state(env.num_envs)
     space = env.single_action_space
     length = env.unwrapped.batch.length
     steps: list[StepOutput] = []
+    observations: list[torch.Tensor] = []
     rewards = np.zeros((length, env.num_envs), np.float32)
-    for t in range(length):
-        out, state = model.step(torch.as_tensor(obs), state, generator, greedy)
-        obs, reward, _, _, info = env.step(to_env_actions(out.action, space))
-        rewards[t] = reward
-        steps.append(out)
-        if on_step is not None:
-            on_step(out, info)
+    with torch.no_grad() if replay else contextlib.nullcontext():
+        obs, info = env.reset(seed=seed)
+        state = model.initial_state(env.num_envs)
+        for t in range(length):
+            observations.append(torch.as_tensor(obs))
+            out, state = model.step(observations[-1], state, generator, greedy)
+            obs, reward, _, _, info = env.step(to_env_actions(out.action, space))
+            rewards[t] = reward
+            steps.append(out)
+            if on_step is not None:
+                on_step(out, info)
+    if replay and torch.is_grad_enabled():
+        played = model.replay(torch.stack(observations), torch.stack([s.action for s in steps]))
+    else:
+        played = StepOutput(*(torch.stack(field) for field in zip(*steps, strict=True)))
     return Rollout(
-        log_probs=torch.stack([s.log_prob for s in steps]),
-        entropies=torch.stack([s.entropy for s in steps]),
-        sum_squares=torch.stack([s.sum_squares for s in steps]),
-        values=torch.stack([s.value for s in steps]),
+        log_probs=played.log_prob,
+        entropies=played.entropy,
+        sum_squares=played.sum_squares,
+        values=played.value,
         rewards=torch.from_numpy(rewards),
-        modulation=torch.stack([s.m for s in steps]),
+        modulation=played.m,
     )

@@ -401,12 +401,13 @@ def test_float32_and_two_threads_match_the_reference() -> None:
             core.alpha.uniform_(0.1, 0.5)
         x = torch.randn(8, 8, 5)
         start = _start(core, 8)
-        reference = _results(core, "reference", "auto", _run_steps, x, start)
-        candidate = _results(core, "fused", "auto", _run_steps, x, start)
-        for name, expected in reference[0].items():
-            torch.testing.assert_close(candidate[0][name], expected, rtol=1e-4, atol=1e-5)
-        for name, expected in reference[1].items():
-            torch.testing.assert_close(candidate[1][name], expected, rtol=1e-3, atol=1e-4)
+        for runner in (_run_steps, _run_sequence):
+            reference = _results(core, "reference", "auto", runner, x, start)
+            candidate = _results(core, "fused", "auto", runner, x, start)
+            for name, expected in reference[0].items():
+                torch.testing.assert_close(candidate[0][name], expected, rtol=1e-4, atol=1e-5)
+            for name, expected in reference[1].items():
+                torch.testing.assert_close(candidate[1][name], expected, rtol=1e-3, atol=1e-4)
     finally:
         torch.set_num_threads(threads)
 
@@ -487,6 +488,41 @@ def test_fused_step_saves_a_fraction_of_what_the_reference_saves(variant) -> Non
     assert fused_bytes <= 0.1 * ref_bytes, (fused_bytes, ref_bytes)
 
 
+@pytest.mark.parametrize(
+    "variant",
+    [
+        {"rule": "clip", "neuromod": "simple"},
+        {"rule": "clip", "neuromod": "retroactive"},
+        {"rule": "oja", "neuromod": "none", "alpha": "scalar"},
+    ],
+    ids=_variant_id,
+)
+def test_fused_sequence_saves_only_its_checkpoints_of_the_traces(variant) -> None:
+    steps, batch = 48, 4
+    core = _core(variant, sizes=(8, 32))
+    params = {p.untyped_storage().data_ptr() for p in core.parameters()}
+    seen: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        if t.untyped_storage().data_ptr() not in params:
+            seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    x = torch.randn(steps, batch, core.input_size, dtype=torch.float64)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out, state = core(x)
+    (out.h.sum() + state.hebb.sum()).backward()
+    assert core.alpha.grad is not None
+    # ceil(48 / 7) = 7 checkpoints (twice with an eligibility trace), the initial traces, and
+    # the [T, B, N] activations: a small fraction of the 2 to 4 traces per step of the reference.
+    traces = 2 if variant["neuromod"] == "retroactive" else 1
+    trace_bytes = batch * 32 * 32 * 8
+    vector_bytes = (2 * steps + 1) * batch * 32 * 8 + x.numel() * 8
+    expected = traces * (math.ceil(steps / fused.sequence_checkpoint_interval(steps)) + 1)
+    assert sum(seen.values()) <= expected * trace_bytes + vector_bytes
+    assert sum(seen.values()) >= (expected - traces) * trace_bytes  # the checkpoints are kept
+
+
 def test_checkpoints_follow_the_interval_and_the_breaks_of_the_chain() -> None:
     variant = {"rule": "clip", "neuromod": "simple"}
     core = _core(variant, sizes=(8, 32), checkpoint_interval=1000)
@@ -529,6 +565,25 @@ def test_bad_implementation_kernels_and_interval_raise_value_error() -> None:
     core = PlasticCore(cfg, kernels="native").half()
     with pytest.raises(ValueError, match="float32 or float64"):
         core.step(torch.randn(2, 3).half(), core.initial_state(2))
+
+
+def test_native_kernels_build_without_the_vector_math_library(tmp_path, monkeypatch) -> None:
+    """Where libmvec is missing (other libcs, other CPUs) the kernels are built with the scalar
+    tanh instead, and compute the same to rounding."""
+    _need_kernels("native")
+    monkeypatch.setenv("HEBBGYM_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(fused, "_VECTOR_MATH_FLAGS", (("-DHG_LIBMVEC", "-lno_such_library"), ()))
+    scalar_tanh = fused._build_native()
+    assert [p.name for p in tmp_path.iterdir()] == [
+        next(tmp_path.glob("plastic_kernels_*.so")).name
+    ]
+    # A fresh module state: these kernels for the test, the usual ones back afterwards.
+    monkeypatch.setattr(fused, "_state", {"lib": scalar_tanh, "malloc": True})
+    core = _core({"rule": "clip", "neuromod": "simple"}, kernels="native")
+    x = torch.randn(6, 2, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    start = _start(core, 2)
+    reference = _results(core, "reference", "native", _run_sequence, x, start)
+    _assert_same(reference, _results(core, "fused", "native", _run_sequence, x, start))
 
 
 def test_torch_kernels_run_where_native_ones_cannot() -> None:
