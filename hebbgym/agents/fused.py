@@ -558,6 +558,11 @@ _NATIVE_FLAGS = (
     "-O3",
     "-march=native",
     "-ffp-contract=fast",
+    # Sums may be reassociated (tree reductions of the row sums): 7 % faster, and still one
+    # fixed order for a given build. The clamp's mask does not depend on it (explicit fma).
+    "-fassociative-math",
+    "-fno-signed-zeros",
+    "-fno-trapping-math",
     "-fno-math-errno",
     "-fopenmp",
     "-fPIC",

@@ -13,7 +13,8 @@
 //   the core's cache for the whole episode instead of streaming B traces through memory at
 //   every step.
 //
-// Built with -ffp-contract=fast (the compiler fuses multiply-adds as it sees fit); the one value
+// Built with -ffp-contract=fast and -fassociative-math (the compiler fuses multiply-adds and
+// reorders sums as it sees fit, the same way every time for a given build); the one value
 // that forward and backward must compute identically, the pre-clamp trace U whose clamp mask
 // backward recomputes, is written with explicit std::fma in both. Replays run the forward's
 // own update code, hence its values bit for bit.
