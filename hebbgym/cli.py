@@ -114,8 +114,20 @@ def _parse_json_object(name: str, text: str | None) -> dict | None:
     return value
 
 
+def _agent_dir(run_dir: Path | None, pretrained: str | None) -> Path:
+    """The run directory to load: ``run_dir``, or the shipped agent of ``pretrained``."""
+    if (run_dir is None) == (pretrained is None):
+        raise ValueError("give either --run-dir or --pretrained ENV_ID (one of them)")
+    if pretrained is not None:
+        from hebbgym.pretrained import pretrained_dir
+
+        return pretrained_dir(pretrained)
+    return run_dir
+
+
 def evaluate(
-    run_dir: Path,
+    run_dir: Path | None = None,
+    pretrained: str | None = None,
     episodes: int = 1000,
     seed: int = 0,
     greedy: bool = False,
@@ -125,17 +137,20 @@ def evaluate(
 
     Args:
         run_dir: a training run directory.
+        pretrained: instead of a run, the shipped agent of this env id (e.g. Hebb-Maze-v0).
         episodes: evaluation episodes.
         seed: seed of the evaluation episodes (the references play the same ones).
         greedy: take the most likely action instead of sampling.
     """
     from hebbgym.train.evaluate import evaluate_run
 
-    print(json.dumps(evaluate_run(run_dir, episodes, seed, greedy), indent=2))
+    agent_dir = _agent_dir(run_dir, pretrained)
+    print(json.dumps(evaluate_run(agent_dir, episodes, seed, greedy), indent=2))
 
 
 def watch(
-    run_dir: Path,
+    run_dir: Path | None = None,
+    pretrained: str | None = None,
     out: Path | None = None,
     seed: int = 0,
     episodes: int = 1,
@@ -146,6 +161,7 @@ def watch(
 
     Args:
         run_dir: a training run directory.
+        pretrained: instead of a run, the shipped agent of this env id (e.g. Hebb-Maze-v0).
         out: record to this .gif or .mp4 instead of opening a window.
         seed: seed of the episode.
         episodes: how many episodes to play.
@@ -153,7 +169,8 @@ def watch(
     """
     from hebbgym.watch import watch_run
 
-    returns = watch_run(run_dir, seed=seed, out=out, greedy=greedy, episodes=episodes)
+    agent_dir = _agent_dir(run_dir, pretrained)
+    returns = watch_run(agent_dir, seed=seed, out=out, greedy=greedy, episodes=episodes)
     print(json.dumps({"returns": returns, "out": str(out) if out else None}))
 
 

@@ -1,0 +1,162 @@
+"""What a trained plastic agent does inside an episode: the analyses a reader of the papers
+expects, as arrays (tested) and as PNG figures (matplotlib, headless).
+
+* :func:`record_episodes`: M(t), rewards and the final Hebbian trace of a batch of episodes;
+* :func:`reward_triggered_average`: M(t) aligned on reward events (median and IQR over
+  events), which shows whether the network releases its neuromodulator when it is rewarded;
+* :func:`plot_modulation_around_rewards` and :func:`plot_plasticity`: the figures, the latter
+  with the fixed weights ``W``, the learned coefficients ``alpha`` and the trace at the end of
+  an episode, whose product ``alpha * Hebb`` is what the episode wrote into the network.
+
+``scripts/analyse_agent.py`` makes them for a run directory or a pretrained agent.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from hebbgym.agents.actor_critic import ActorCritic
+from hebbgym.train.config import TrainConfig
+from hebbgym.train.rollout import to_env_actions
+
+
+@dataclass
+class EpisodeRecord:
+    """A batch of ``B`` episodes of ``T`` steps.
+
+    Attributes:
+        rewards: ``[T, B]``.
+        modulation: ``[T, B, K]``, M(t) after each step (``K = 0`` without neuromodulation).
+        final_hebb: ``[B, N, N]`` trace at the end (``[B, 0, 0]`` without plasticity).
+    """
+
+    rewards: np.ndarray
+    modulation: np.ndarray
+    final_hebb: np.ndarray
+
+
+def record_episodes(
+    config: TrainConfig, agent: ActorCritic, episodes: int, seed: int = 10_000
+) -> EpisodeRecord:
+    """Play ``episodes`` episodes (sampled actions, weights frozen) in one batch."""
+    if isinstance(episodes, bool) or not isinstance(episodes, int) or episodes < 1:
+        raise ValueError(f"episodes must be a positive integer, got {episodes!r}")
+    env = gym.make_vec(
+        config.env_id, num_envs=episodes, vectorization_mode="vector_entry_point",
+        **config.env_kwargs,
+    )  # fmt: skip
+    generator = torch.Generator().manual_seed(seed)
+    rewards, modulation = [], []
+    with torch.no_grad():
+        obs, _ = env.reset(seed=seed)
+        state = agent.initial_state(episodes)
+        for _ in range(env.unwrapped.batch.length):
+            out, state = agent.step(torch.as_tensor(obs), state, generator)
+            obs, reward, _, _, _ = env.step(to_env_actions(out.action, env.single_action_space))
+            rewards.append(reward.astype(np.float64))
+            modulation.append(out.m.numpy().astype(np.float64))
+    env.close()
+    return EpisodeRecord(np.stack(rewards), np.stack(modulation), state.hebb.numpy())
+
+
+def reward_triggered_average(
+    modulation: np.ndarray, rewards: np.ndarray, window: int, threshold: float = 0.0
+) -> tuple[np.ndarray, np.ndarray]:
+    """M(t) (mean over its ``K`` components) around every step whose reward exceeds
+    ``threshold``: offsets ``-window..window`` and an ``[events, 2 window + 1]`` array.
+
+    Offset 0 is the step that received the reward: M at offset 0 is computed from the state
+    *before* the reward is seen (the reward enters the next observation), so a modulatory
+    response to the reward shows from offset +1.
+    """
+    if modulation.shape[-1] == 0:
+        raise ValueError("this agent has no neuromodulator (K = 0)")
+    signal = modulation.mean(-1)  # [T, B]
+    steps, _ = signal.shape
+    offsets = np.arange(-window, window + 1)
+    rows = [
+        signal[t + offsets, b]
+        for t, b in zip(*np.nonzero(rewards > threshold), strict=True)
+        if t - window >= 0 and t + window < steps
+    ]
+    return offsets, np.array(rows).reshape(len(rows), len(offsets))
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_modulation_around_rewards(
+    record: EpisodeRecord, out: str | Path, title: str, window: int = 8
+) -> Path:
+    """Median and IQR of M(t) around reward events, with the same curve around random steps
+    of the same episodes as the control."""
+    offsets, events = reward_triggered_average(record.modulation, record.rewards, window)
+    rng = np.random.default_rng(0)
+    steps = record.rewards.shape[0]
+    shuffled = record.rewards.copy()
+    for b in range(shuffled.shape[1]):
+        shuffled[:, b] = shuffled[rng.permutation(steps), b]
+    _, control = reward_triggered_average(record.modulation, shuffled, window)
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(6, 3.6), dpi=110)
+    for label, rows in ((f"reward events (n={len(events)})", events), ("random steps", control)):
+        if len(rows) == 0:
+            continue
+        low, median, high = np.percentile(rows, [25, 50, 75], axis=0)
+        (line,) = axis.plot(offsets, median, marker="o", markersize=3, label=label)
+        axis.fill_between(offsets, low, high, color=line.get_color(), alpha=0.2)
+    axis.axvline(0, color="grey", linewidth=1, linestyle="--")
+    axis.set_xlabel("steps from the rewarded step")
+    axis.set_ylabel("M(t)")
+    axis.set_title(title)
+    axis.legend(fontsize=8)
+    axis.grid(alpha=0.3)
+    figure.tight_layout()
+    return _save(figure, out, plt)
+
+
+def plot_plasticity(agent: ActorCritic, record: EpisodeRecord, out: str | Path, title: str) -> Path:
+    """Heatmaps of ``W``, ``alpha``, the trace at the end of episode 0 and ``alpha * Hebb``."""
+    core = agent.core
+    if getattr(core, "alpha", None) is None:
+        raise ValueError("this agent's core has no plasticity coefficients")
+    w = core.w.detach().numpy()
+    alpha = np.broadcast_to(core.alpha.detach().numpy(), w.shape)
+    hebb = record.final_hebb[0]
+    panels = [
+        ("fixed weights W", w),
+        ("plasticity coefficients alpha", alpha),
+        ("Hebb at the episode's end", hebb),
+        ("alpha * Hebb (what the episode wrote)", alpha * hebb),
+    ]
+    plt = _pyplot()
+    figure, axes = plt.subplots(1, 4, figsize=(15, 3.9), dpi=100)
+    for axis, (name, values) in zip(axes, panels, strict=True):
+        bound = float(np.abs(values).max()) or 1.0
+        image = axis.imshow(values, cmap="RdBu_r", vmin=-bound, vmax=bound)
+        axis.set_title(name, fontsize=9)
+        axis.set_xlabel("post-synaptic j")
+        axis.set_ylabel("pre-synaptic i")
+        figure.colorbar(image, ax=axis, fraction=0.046, pad=0.04)
+    figure.suptitle(title, fontsize=10)
+    figure.tight_layout()
+    return _save(figure, out, plt)
+
+
+def _save(figure, out: str | Path, plt) -> Path:
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(out)
+    plt.close(figure)
+    return out

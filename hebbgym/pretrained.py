@@ -1,0 +1,100 @@
+"""Pretrained agents shipped with the package: the best modulated agent of each task's sweep.
+
+Each one is a directory ``hebbgym/pretrained/<env id>/`` in the run-directory format
+(``config.json`` + ``checkpoint.safetensors``), so everything that loads a run loads it too;
+its checkpoint holds the weights only (no optimizer state) and, in its progress metadata,
+where it came from and the held-out evaluation it was chosen on, next to the LSTM baseline's
+score on the same episodes (``tests/test_pretrained.py`` checks it still beats it).
+
+    hebbgym watch --pretrained Hebb-Maze-v0
+    hebbgym evaluate --pretrained Hebb-Maze-v0
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hebbgym.train.checkpoint import FORMAT, atomic_write_bytes, load_checkpoint
+from hebbgym.train.loop import CHECKPOINT_FILE, CONFIG_FILE, load_agent
+
+PRETRAINED_DIR = Path(__file__).with_name("pretrained")
+
+
+def available() -> list[str]:
+    """Env ids with a pretrained agent."""
+    if not PRETRAINED_DIR.is_dir():
+        return []
+    return sorted(p.name for p in PRETRAINED_DIR.iterdir() if (p / CHECKPOINT_FILE).is_file())
+
+
+def pretrained_dir(env_id: str) -> Path:
+    """The run directory of ``env_id``'s pretrained agent; a clear error where none ships."""
+    if env_id not in available():
+        raise ValueError(
+            f"no pretrained agent for {env_id!r}; available: {', '.join(available()) or 'none'}"
+        )
+    return PRETRAINED_DIR / env_id
+
+
+def pretrained_info(env_id: str) -> dict[str, Any]:
+    """Where the agent came from and how it was evaluated (its checkpoint's progress)."""
+    return load_checkpoint(pretrained_dir(env_id) / CHECKPOINT_FILE).progress
+
+
+def export_pretrained(
+    run_dir: Path, evaluation: dict[str, Any], destination: Path = PRETRAINED_DIR
+) -> Path:
+    """Write the agent of ``run_dir`` as ``destination/<env id>/``: its config and its weights
+    only, with ``evaluation`` (how it was chosen, the baseline it beat) in the metadata."""
+    from safetensors.torch import save
+
+    config, agent, progress = load_agent(Path(run_dir))
+    target = Path(destination) / config.env_id
+    target.mkdir(parents=True, exist_ok=True)
+    tensors = {
+        f"model/{name}": value.detach().clone().contiguous()
+        for name, value in agent.state_dict().items()
+    }
+    metadata = {
+        "format": FORMAT,
+        "config": json.dumps(config.to_dict(), sort_keys=True),
+        "progress": json.dumps({**progress, **evaluation}, sort_keys=True),
+        "param_groups": "[]",
+    }
+    atomic_write_bytes(target / CHECKPOINT_FILE, save(tensors, metadata=metadata))
+    atomic_write_bytes(
+        target / CONFIG_FILE, json.dumps(config.to_dict(), indent=2, sort_keys=True).encode()
+    )
+    return target
+
+
+def export_best_of_sweep(sweep_file: str | Path, destination: Path = PRETRAINED_DIR) -> Path:
+    """The modulated trial of a finished, evaluated sweep with the best held-out mean reward,
+    exported with the LSTM trials' median on the same episodes as its baseline."""
+    from hebbgym.experiments import EVALUATION_FILE
+    from hebbgym.sweep import SweepConfig
+
+    sweep = SweepConfig.from_file(sweep_file)
+    means: dict[str, list[tuple[float, Path]]] = {}
+    for trial in sweep.trials():
+        path = trial.run_dir / EVALUATION_FILE
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: evaluate the sweep first (scripts/reproduce_*.py)")
+        returns = json.loads(path.read_text())["returns"]
+        means.setdefault(trial.config.agent, []).append((float(np.mean(returns)), trial.run_dir))
+    if "modulated" not in means or "lstm" not in means:
+        raise ValueError(f"{sweep_file}: needs modulated and lstm trials to pick and compare")
+    best_mean, best_dir = max(means["modulated"])
+    evaluation = {
+        "source": str(best_dir),
+        "evaluation": {"episodes": len(returns), "seed": 10_000, "mean_reward": best_mean},
+        "baseline": {
+            "agent": "lstm",
+            "median_mean_reward": float(np.median([m for m, _ in means["lstm"]])),
+        },
+    }
+    return export_pretrained(best_dir, evaluation, destination)

@@ -1,0 +1,40 @@
+"""Analysis figures of a trained plastic agent: M(t) around reward events and its plasticity.
+
+    python scripts/analyse_agent.py --pretrained Hebb-Maze-v0 [--out-dir docs/results]
+    python scripts/analyse_agent.py --run-dir runs/my-run [--episodes 100]
+
+Writes <name>_modulation.png (agents with a neuromodulator) and <name>_plasticity.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from hebbgym.analysis import plot_modulation_around_rewards, plot_plasticity, record_episodes
+from hebbgym.pretrained import pretrained_dir
+from hebbgym.train.loop import load_agent
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--run-dir", type=Path)
+    source.add_argument("--pretrained", metavar="ENV_ID")
+    parser.add_argument("--episodes", type=int, default=100)
+    parser.add_argument("--out-dir", type=Path, default=Path("docs/results"))
+    parser.add_argument("--name", help="file name prefix (default: the env id's task name)")
+    args = parser.parse_args()
+    run_dir = args.run_dir or pretrained_dir(args.pretrained)
+    config, agent, progress = load_agent(run_dir)
+    name = args.name or config.env_id.removeprefix("Hebb-").removesuffix("-v0").lower()
+    record = record_episodes(config, agent, args.episodes)
+    label = f"{config.env_id}, {config.agent} agent, {progress['episodes']} training episodes"
+    if record.modulation.shape[-1]:
+        out = args.out_dir / f"{name}_modulation.png"
+        print(plot_modulation_around_rewards(record, out, f"M(t) around rewards: {label}"))
+    print(plot_plasticity(agent, record, args.out_dir / f"{name}_plasticity.png", label))
+
+
+if __name__ == "__main__":
+    main()

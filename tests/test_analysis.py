@@ -1,0 +1,78 @@
+"""Analyses of trained agents: recorded episodes, reward-triggered M(t), and their figures."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import imageio.v3 as iio
+import numpy as np
+import pytest
+import torch
+
+from hebbgym.agents.actor_critic import build_agent
+from hebbgym.analysis import (
+    EpisodeRecord,
+    plot_modulation_around_rewards,
+    plot_plasticity,
+    record_episodes,
+    reward_triggered_average,
+)
+from hebbgym.train.config import TrainConfig
+from hebbgym.train.evaluate import evaluate_agent
+
+MAZE = TrainConfig(env_id="Hebb-Maze-v0", hidden_size=10, env_kwargs={"episode_length": 40})
+
+
+def _agent(kind: str = "modulated"):
+    env = gym.make("Hebb-Maze-v0")
+    torch.manual_seed(0)
+    agent = build_agent(
+        kind, env.observation_space.shape[0], env.action_space, 10, match_baselines=False
+    )
+    env.close()
+    return agent
+
+
+def test_reward_triggered_average_aligns_modulation_on_reward_steps() -> None:
+    steps, batch, window = 30, 2, 5
+    rewards = np.zeros((steps, batch))
+    rewards[[10, 20, 2, 27], [0, 1, 1, 0]] = 10.0  # the last two are too close to an end
+    modulation = np.zeros((steps, batch, 2))
+    modulation[11, 0] = modulation[21, 1] = (1.0, 3.0)  # M responds one step after a reward
+    offsets, events = reward_triggered_average(modulation, rewards, window)
+    assert offsets.tolist() == list(range(-5, 6))
+    assert events.shape == (2, 11)
+    expected = np.zeros(11)
+    expected[window + 1] = 2.0  # the mean over M's two components
+    np.testing.assert_array_equal(events, [expected, expected])
+    _, none = reward_triggered_average(modulation, np.zeros_like(rewards), window)
+    assert none.shape == (0, 11)
+    with pytest.raises(ValueError, match="no neuromodulator"):
+        reward_triggered_average(np.zeros((steps, batch, 0)), rewards, window)
+
+
+def test_recorded_episodes_are_the_evaluation_episodes() -> None:
+    agent = _agent()
+    record = record_episodes(MAZE, agent, episodes=6, seed=4)
+    assert record.rewards.shape == (40, 6) and record.modulation.shape == (40, 6, 1)
+    assert record.final_hebb.shape == (6, 10, 10) and np.abs(record.final_hebb).max() > 0
+    assert np.all(np.abs(record.modulation) <= 1.0)  # tanh
+    returns = evaluate_agent(MAZE, agent, 6, seed=4)
+    np.testing.assert_allclose(record.rewards.sum(0), returns)
+    with pytest.raises(ValueError, match="episodes"):
+        record_episodes(MAZE, agent, episodes=0)
+
+
+def test_figures_are_written_and_refuse_agents_without_what_they_show(tmp_path) -> None:
+    agent = _agent()
+    record = record_episodes(MAZE, agent, episodes=8, seed=1)
+    record.rewards[5, 0] = 10.0  # at least one reward event, whatever the untrained agent did
+    modulation = plot_modulation_around_rewards(record, tmp_path / "m.png", "M", window=3)
+    plasticity = plot_plasticity(agent, record, tmp_path / "p.png", "plasticity")
+    assert iio.imread(modulation).shape[:2] == (396, 660)
+    assert iio.imread(plasticity).shape[:2] == (390, 1500)
+    rnn = _agent("rnn")
+    with pytest.raises(ValueError, match="no plasticity"):
+        plot_plasticity(rnn, record, tmp_path / "r.png", "rnn")
+    flat = EpisodeRecord(record.rewards, np.zeros((40, 8, 0)), record.final_hebb)
+    with pytest.raises(ValueError, match="no neuromodulator"):
+        plot_modulation_around_rewards(flat, tmp_path / "f.png", "none")
