@@ -8,6 +8,13 @@ expects, as arrays (tested) and as PNG figures (matplotlib, headless).
   with the fixed weights ``W``, the learned coefficients ``alpha`` and the trace at the end of
   an episode, whose product ``alpha * Hebb`` is what the episode wrote into the network.
 
+* :func:`conditioning_probe` and :func:`plot_conditioning_probe`: for the conditioning tasks,
+  where the learned association lives. After the learning period, the network is shown the
+  paired stimulus, the unpaired one, or the paired one with pain, from its state as it is or
+  with its Hebbian trace erased: the analogue, for a recurrent plastic network, of BOHP's
+  Figure 2 (there, fixed weights carry the pain and plastic ones the stimulus). Erasing the
+  activity instead would prove nothing: the plastic term ``h_{t-1} (alpha * Hebb)`` needs it.
+
 ``scripts/analyse_agent.py`` makes them for a run directory or a pretrained agent.
 """
 
@@ -85,6 +92,76 @@ def reward_triggered_average(
         if t - window >= 0 and t + window < steps
     ]
     return offsets, np.array(rows).reshape(len(rows), len(offsets))
+
+
+PROBES = ("paired stimulus", "unpaired stimulus", "paired stimulus + pain")
+STATES = ("as it is", "trace erased")
+
+
+def conditioning_probe(
+    config: TrainConfig, agent: ActorCritic, episodes: int, seed: int = 10_000
+) -> dict[str, dict[str, float]]:
+    """Mean probability of the fear response to each of :data:`PROBES`, one step from the
+    state the episodes reached at the end of their learning period, in each of :data:`STATES`
+    (trace erased: ``Hebb`` and eligibility set to zero)."""
+    if not config.env_id.startswith("Hebb-Conditioning"):
+        raise ValueError(f"conditioning_probe needs a conditioning task, got {config.env_id!r}")
+    env = gym.make_vec(
+        config.env_id, num_envs=episodes, vectorization_mode="vector_entry_point",
+        **config.env_kwargs,
+    )  # fmt: skip
+    layout = env.unwrapped.obs_layout
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        obs, info = env.reset(seed=seed)
+        paired = np.asarray(info["task"])
+        state = agent.initial_state(episodes)
+        for _ in range(env.unwrapped.rules.learning_period):
+            out, state = agent.step(torch.as_tensor(obs), state, generator)
+            obs, _, _, _, _ = env.step(to_env_actions(out.action, env.single_action_space))
+        rows = np.arange(episodes)
+        states = {
+            "as it is": state,
+            "trace erased": state._replace(
+                hebb=torch.zeros_like(state.hebb), eligibility=torch.zeros_like(state.eligibility)
+            ),
+        }
+        result: dict[str, dict[str, float]] = {}
+        for probe in PROBES:
+            probe_obs = np.array(obs, copy=True)
+            stimuli = probe_obs[:, layout["stimuli"]]
+            stimuli[:] = 0.0
+            stimulus = paired if probe != "unpaired stimulus" else 1 - paired
+            stimuli[rows, stimulus] = 1.0
+            probe_obs[:, layout["pain"]] = 1.0 if probe.endswith("pain") else 0.0
+            result[probe] = {}
+            for name, start in states.items():
+                h, _, _ = agent.core.step(torch.as_tensor(probe_obs), start)
+                p_fear = torch.softmax(agent.policy.logits(h), dim=-1)[:, 1]
+                result[probe][name] = float(p_fear.mean())
+    env.close()
+    return result
+
+
+def plot_conditioning_probe(
+    probe: dict[str, dict[str, float]], out: str | Path, title: str
+) -> Path:
+    """Grouped bars of :func:`conditioning_probe`'s fear probabilities."""
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(6.5, 3.6), dpi=110)
+    width = 0.8 / len(STATES)
+    for k, name in enumerate(STATES):
+        values = [probe[p][name] for p in PROBES]
+        offset = (k - (len(STATES) - 1) / 2) * width
+        axis.bar(np.arange(len(PROBES)) + offset, values, width, label=f"state {name}")
+    axis.set_xticks(np.arange(len(PROBES)), PROBES, fontsize=8)
+    axis.set_ylim(0, 1)
+    axis.set_ylabel("P(fear response)")
+    axis.set_title(title, fontsize=9)
+    axis.legend(fontsize=8)
+    axis.grid(alpha=0.3, axis="y")
+    figure.tight_layout()
+    return _save(figure, out, plt)
 
 
 def _pyplot():

@@ -3,7 +3,8 @@
     python scripts/analyse_agent.py --pretrained Hebb-Maze-v0 [--out-dir docs/results]
     python scripts/analyse_agent.py --run-dir runs/my-run [--episodes 100]
 
-Writes <name>_modulation.png (agents with a neuromodulator) and <name>_plasticity.png.
+Writes <name>_modulation.png (agents with a neuromodulator), <name>_plasticity.png and, on
+the conditioning tasks, <name>_probe.png.
 """
 
 from __future__ import annotations
@@ -11,7 +12,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from hebbgym.analysis import plot_modulation_around_rewards, plot_plasticity, record_episodes
+from hebbgym.analysis import (
+    conditioning_probe,
+    plot_conditioning_probe,
+    plot_modulation_around_rewards,
+    plot_plasticity,
+    record_episodes,
+)
 from hebbgym.pretrained import pretrained_dir
 from hebbgym.train.loop import load_agent
 
@@ -34,6 +41,10 @@ def main() -> None:
         out = args.out_dir / f"{name}_modulation.png"
         print(plot_modulation_around_rewards(record, out, f"M(t) around rewards: {label}"))
     print(plot_plasticity(agent, record, args.out_dir / f"{name}_plasticity.png", label))
+    if config.env_id.startswith("Hebb-Conditioning"):
+        probe = conditioning_probe(config, agent, args.episodes)
+        out = args.out_dir / f"{name}_probe.png"
+        print(plot_conditioning_probe(probe, out, f"Responses after the learning period: {label}"))
 
 
 if __name__ == "__main__":

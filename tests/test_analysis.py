@@ -10,7 +10,9 @@ import torch
 
 from hebbgym.agents.actor_critic import build_agent
 from hebbgym.analysis import (
+    PROBES,
     EpisodeRecord,
+    conditioning_probe,
     plot_modulation_around_rewards,
     plot_plasticity,
     record_episodes,
@@ -76,3 +78,26 @@ def test_figures_are_written_and_refuse_agents_without_what_they_show(tmp_path) 
     flat = EpisodeRecord(record.rewards, np.zeros((40, 8, 0)), record.final_hebb)
     with pytest.raises(ValueError, match="no neuromodulator"):
         plot_modulation_around_rewards(flat, tmp_path / "f.png", "none")
+
+
+def test_conditioning_probe_erases_only_the_trace_and_refuses_other_tasks() -> None:
+    config = TrainConfig(env_id="Hebb-Conditioning-v0", env_kwargs={"learning_period": 5})
+    env = gym.make("Hebb-Conditioning-v0")
+    torch.manual_seed(0)
+    probes = {}
+    for kind in ("modulated", "rnn"):
+        agent = build_agent(
+            kind, env.observation_space.shape[0], env.action_space, 8, match_baselines=False
+        )
+        if kind == "modulated":
+            with torch.no_grad():
+                agent.core.alpha.fill_(2.0)  # a trace that matters
+        probes[kind] = conditioning_probe(config, agent, 50, seed=3)
+    for probe in PROBES:
+        assert probes["rnn"][probe]["as it is"] == probes["rnn"][probe]["trace erased"]  # none
+        for value in probes["modulated"][probe].values():
+            assert 0.0 < value < 1.0
+    plastic = probes["modulated"]["paired stimulus"]
+    assert plastic["as it is"] != plastic["trace erased"]
+    with pytest.raises(ValueError, match="conditioning task"):
+        conditioning_probe(MAZE, _agent(), 4)
