@@ -10,7 +10,8 @@ This module replaces the step by one :class:`torch.autograd.Function` whose back
 written by hand, so that nothing of size ``[B, N, N]`` is kept per step:
 
 * **Saved per step**: only ``[B, N]``-sized tensors: the input ``x_t``, ``h_{t-1}``, ``h_t``,
-  ``M_t`` (and, for a scalar ``alpha``, ``z_t = h_{t-1} Hebb_{t-1}``), plus the parameters.
+  ``M_t`` (and, for a scalar ``alpha`` on the torch kernels, ``z_t = h_{t-1} Hebb_{t-1}``), plus
+  the parameters.
 * **Traces are checkpointed along the episode**: a step whose incoming trace is the output of
   the previous fused step (the usual case: ``state`` passed straight from one ``step`` to the
   next) does *not* save it; it keeps a link to the previous step's graph node instead. Every

@@ -155,12 +155,17 @@ class TrainConfig:
             )
 
     def estimated_memory(self, episode_length: int) -> int:
-        """Bytes kept for one backward pass: a few ``B x N x N`` traces per step for the
-        plastic agents, a few ``B x N`` activations for the others (float32)."""
+        """Bytes kept for one backward pass (float32): a few ``B x N`` activations per step,
+        and for the plastic agents the fused core's ``B x N x N`` traces: one checkpoint every
+        ``ceil(sqrt(T))`` steps plus a few working copies, twice with an eligibility trace."""
         hidden = self.hidden_size or TASK_PRESETS[self.env_id].hidden_size
-        plastic = self.agent in ("modulated", "retroactive", "plastic")
-        per_step = (4 * hidden * hidden if plastic else 0) + 16 * hidden
-        return 4 * self.batch_size * episode_length * per_step
+        activations = 16 * hidden * episode_length
+        traces = 0
+        if self.agent in ("modulated", "retroactive", "plastic"):
+            checkpoints = math.ceil(episode_length / math.ceil(math.sqrt(episode_length)))
+            kinds = 2 if self.agent == "retroactive" else 1
+            traces = kinds * (checkpoints + 4) * hidden * hidden
+        return 4 * self.batch_size * (activations + traces)
 
     @property
     def batches(self) -> int:
