@@ -164,11 +164,15 @@ def reproduce(
     sweep_file: str | Path,
     report_dir: str | Path = "docs/results",
     evaluation_episodes: int = 1000,
-    sb3: bool = True,
+    sb3: tuple[str, ...] = SB3_ALGORITHMS,
     cpus: int | None = None,
 ) -> Path:
-    """Run (or resume) a task's sweep and SB3 baselines, evaluate everything on the same
-    episodes, and write ``report_dir/<name>.md`` with its learning-curve PNG."""
+    """Run (or resume) a task's sweep and the ``sb3`` baselines (any of
+    :data:`SB3_ALGORITHMS`; ``()`` for none), evaluate everything on the same episodes, and
+    write ``report_dir/<name>.md`` with its learning-curve PNG."""
+    unknown = sorted(set(sb3) - set(SB3_ALGORITHMS))
+    if unknown:
+        raise ValueError(f"unknown SB3 algorithm(s) {unknown}; known: {list(SB3_ALGORITHMS)}")
     sweep = SweepConfig.from_file(sweep_file)
     failed = run_sweep(sweep, cpus=cpus)["failed"]
     trials = sweep.trials()
@@ -186,7 +190,7 @@ def reproduce(
     if sb3:
         seeds = sorted({trial.config.seed for trial in trials})
         env_steps = trials[0].config.batches * trials[0].config.batch_size * length
-        for algorithm in SB3_ALGORITHMS:
+        for algorithm in sb3:
             for seed in seeds:
                 run_dir = sweep.directory / f"{algorithm}-seed={seed}"
                 result = train_sb3(
@@ -275,11 +279,17 @@ def main(sweep_file: str) -> None:
 
     parser = argparse.ArgumentParser(description=f"reproduce {sweep_file}")
     parser.add_argument("--no-sb3", action="store_true", help="skip the stable-baselines3 runs")
+    parser.add_argument(
+        "--sb3",
+        nargs="+",
+        default=list(SB3_ALGORITHMS),
+        choices=SB3_ALGORITHMS,
+        help="which stable-baselines3 baselines to run (default: all)",
+    )
     parser.add_argument("--cpus", type=int, default=None, help="CPUs of the local Ray instance")
     parser.add_argument("--episodes", type=int, default=1000, help="evaluation episodes per seed")
     parser.add_argument("--report-dir", default="docs/results")
     args = parser.parse_args()
-    page = reproduce(
-        sweep_file, args.report_dir, args.episodes, sb3=not args.no_sb3, cpus=args.cpus
-    )
+    algorithms = () if args.no_sb3 else tuple(args.sb3)
+    page = reproduce(sweep_file, args.report_dir, args.episodes, sb3=algorithms, cpus=args.cpus)
     print(f"wrote {page}")

@@ -1,0 +1,102 @@
+"""The results-report recipe end to end on a tiny sweep: trials, an SB3 baseline at the same
+step budget, held-out evaluation, statistics and the Markdown section."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hebbgym.experiments import EVALUATION_FILE, rank_sum_p, reproduce
+from hebbgym.pretrained import export_best_of_sweep
+from hebbgym.sweep import SweepConfig
+from hebbgym.train.checkpoint import load_checkpoint
+
+SWEEP_YAML = """
+name: tiny
+out_dir: {out_dir}
+cpus_per_trial: 1
+base:
+  env_id: Hebb-ReversalBandit-v0
+  episodes: 16
+  batch_size: 4
+  hidden_size: 8
+  lr: 0.01
+  env_kwargs: {{episode_length: 10}}
+grid:
+  agent: [modulated, lstm]
+  seed: [0, 1]
+"""
+
+
+def test_rank_sum_p_values() -> None:
+    # Two fully separated samples of 5: 2 of the 252 orderings are as extreme.
+    assert rank_sum_p(np.arange(5.0), np.arange(5.0) + 10) == pytest.approx(2 / 252)
+    assert rank_sum_p(np.ones(5), np.ones(5)) == pytest.approx(1.0)
+    assert np.isnan(rank_sum_p(np.array([]), np.ones(3)))
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("experiments")
+    sweep_file = root / "tiny.yaml"
+    sweep_file.write_text(SWEEP_YAML.format(out_dir=root / "sweeps"))
+    page = reproduce(sweep_file, root / "report", 40, sb3=("sb3-a2c",), cpus=2)
+    return sweep_file, page
+
+
+def test_report_has_every_agent_the_baseline_and_the_references(report) -> None:
+    sweep_file, page = report
+    text = page.read_text()
+    sweep = SweepConfig.from_file(sweep_file)
+    rows = {line.split("|")[1].strip(): line for line in text.splitlines() if line.startswith("| ")}
+    assert {"modulated", "lstm", "sb3-a2c", "reference: random", "reference: oracle"} <= set(rows)
+    assert "(tiny.png)" in text and (page.parent / "tiny.png").stat().st_size > 10_000
+    # Every run is evaluated on the same 40 held-out episodes; the table shows their median.
+    means = []
+    for trial in sweep.trials():
+        returns = json.loads((trial.run_dir / EVALUATION_FILE).read_text())["returns"]
+        assert len(returns) == 40
+        if trial.config.agent == "lstm":
+            means.append(np.mean(returns))
+    assert f"| lstm | {np.median(means):.2f} |" in text
+    sb3 = json.loads((sweep.directory / "sb3-a2c-seed=0" / EVALUATION_FILE).read_text())
+    assert sb3["env_steps"] == 4 * 4 * 10  # the trials' budget: 4 batches of 4 10-step episodes
+    p = float(rows["lstm"].split("|")[5])
+    assert 0.0 < p <= 1.0
+
+
+def test_rerun_reuses_every_finished_evaluation(report) -> None:
+    sweep_file, page = report
+    sweep = SweepConfig.from_file(sweep_file)
+    files = [t.run_dir / EVALUATION_FILE for t in sweep.trials()]
+    files.append(sweep.directory / "sb3-a2c-seed=1" / EVALUATION_FILE)
+    stamps = [f.stat().st_mtime_ns for f in files]
+    text = page.read_text()
+    reproduce(sweep_file, page.parent, 40, sb3=("sb3-a2c",), cpus=2)
+    assert [f.stat().st_mtime_ns for f in files] == stamps
+    assert page.read_text() == text
+
+
+def test_best_modulated_trial_is_exported_with_the_lstm_median(report, tmp_path) -> None:
+    sweep_file, _ = report
+    sweep = SweepConfig.from_file(sweep_file)
+    target = export_best_of_sweep(sweep_file, tmp_path)
+    info = json.loads((target / "config.json").read_text())
+    assert info["agent"] == "modulated" and target.name == "Hebb-ReversalBandit-v0"
+    means = {
+        str(t.run_dir): np.mean(json.loads((t.run_dir / EVALUATION_FILE).read_text())["returns"])
+        for t in sweep.trials()
+    }
+    progress = load_checkpoint(target / "checkpoint.safetensors").progress
+    best = max(v for k, v in means.items() if "modulated" in k)
+    assert progress["evaluation"]["mean_reward"] == pytest.approx(best)
+    lstm = [v for k, v in means.items() if "lstm" in k]
+    assert progress["baseline"]["median_mean_reward"] == pytest.approx(np.median(lstm))
+
+
+def test_unknown_baseline_is_refused(report) -> None:
+    with pytest.raises(ValueError, match="unknown SB3 algorithm"):
+        reproduce(report[0], report[1].parent, 40, sb3=("sb3-dqn",))
