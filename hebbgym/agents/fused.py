@@ -1220,6 +1220,8 @@ class _SequenceFunction(torch.autograd.Function):
     def forward(ctx: Any, spec: FusedSpec, x: Tensor, h0: Tensor, hebb0, elig0, *params):
         ctx.set_materialize_grads(False)
         p = _Params(*params)
+        # The kernels index every tensor as contiguous, backward's included: save such copies.
+        x, h0, hebb0, elig0 = (_contiguous(t) for t in (x, h0, hebb0, elig0))
         interval = sequence_checkpoint_interval(x.shape[0])
         out, _, _ = _native_sequence(spec, p, x, h0, hebb0, elig0, interval)
         ctx.spec = spec
@@ -1235,8 +1237,8 @@ class _SequenceFunction(torch.autograd.Function):
         spec: FusedSpec = ctx.spec
         g_hs, g_ms, g_hebb, g_elig = (_contiguous(g) for g in _split_outputs(spec, grads))
         x, h0, hebb0, elig0, hs, ms, checkpoints, elig_checkpoints, *params = ctx.saved_tensors
-        p = _Params(*params)
-        alpha, wm = _contiguous(p.alpha), _contiguous(p.wm)
+        p = _Params(*(_contiguous(t) for t in params))
+        alpha, wm = p.alpha, p.wm
         steps, batch, n = hs.shape
         k = spec.modulator_size(n)
         need = ctx.needs_input_grad

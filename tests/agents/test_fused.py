@@ -592,3 +592,33 @@ def test_torch_kernels_run_where_native_ones_cannot() -> None:
     out, state = core(torch.randn(5, 2, 3, dtype=torch.bfloat16))
     out.h.float().sum().backward()
     assert state.hebb.dtype == torch.bfloat16 and core.alpha.grad is not None
+
+
+@pytest.mark.parametrize("kernels", KERNELS)
+def test_non_contiguous_inputs_and_states_match_the_reference(kernels) -> None:
+    """Views (a strided state, a transposed and strided input) are read as what they are, in
+    forward and in backward: gradients reach the tensors they are views of."""
+    _need_kernels(kernels)
+    core = _core({"rule": "clip", "neuromod": "retroactive", "modulation": "neuron"})
+    start = _start(core, 3)
+    gen = torch.Generator().manual_seed(12)
+    results = {}
+    for implementation in ("reference", "fused"):
+        core.implementation = implementation
+        core.kernels = kernels
+        core.zero_grad(set_to_none=True)
+        wide_h = torch.cat([start.h, start.h], dim=1).detach().requires_grad_(True)
+        wide_x = torch.randn(3, 7, 6, dtype=torch.float64, generator=gen).requires_grad_(True)
+        gen.manual_seed(12)
+        h, x = wide_h[:, ::2], wide_x.transpose(0, 1)[:, :, ::2]  # [3, 5], [7, 3, 3]
+        assert not h.is_contiguous() and not x.is_contiguous()
+        out, state = core(x, start._replace(h=h))
+        _loss(out.h, out.m, state).backward()
+        results[implementation] = (
+            out.h.detach(),
+            wide_h.grad,
+            wide_x.grad,
+            *(p.grad for p in core.parameters()),
+        )
+    for ref, got in zip(results["reference"], results["fused"], strict=True):
+        torch.testing.assert_close(got, ref, rtol=RTOL, atol=ATOL)
