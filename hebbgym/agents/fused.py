@@ -816,7 +816,7 @@ def _native_forward(
     """One step: the sequence kernel over a single step, so that a chain of steps computes
     exactly what :func:`fused_sequence` computes (``z`` is not needed: the native backward
     sums a scalar ``alpha``'s gradient itself)."""
-    out, _, _ = _native_sequence(spec, p, x.unsqueeze(0), h_prev, hebb, elig, interval=None)
+    out = _native_sequence(spec, p, x.unsqueeze(0), h_prev, hebb, elig, interval=None)
     return _Out(out.hs[0], None if out.ms is None else out.ms[0], None, out.hebb, out.elig)
 
 
@@ -1172,10 +1172,11 @@ def _native_sequence(
     hebb0: Tensor,
     elig0: Tensor | None,
     interval: int | None,
-) -> tuple[_Sequence, Any, Any]:
+) -> _Sequence:
     """All ``T`` steps in one C++ call, batch element after batch element (each one's trace in
     cache for the whole episode). With ``interval``, the traces before every ``interval``-th
-    step are kept for backward. Also returns the C structs, which backward reuses."""
+    step are kept for backward."""
+    _check_same_dtype_and_device(x, h0, hebb0, elig0, *p)
     x, h0, hebb0, elig0 = (_contiguous(t) for t in (x, h0, hebb0, elig0))
     w_in, w, bias, alpha, wm, bm = (
         _contiguous(t) for t in (p.w_in, p.w, p.bias, p.alpha, p.wm, p.bm)
@@ -1203,7 +1204,19 @@ def _native_sequence(
         step, steps, x.shape[2], interval or steps, *(_vp(t) for t in pointers)
     )
     fns.sequence_forward(ctypes.byref(args))
-    return out, fns, args
+    return out
+
+
+def _check_same_dtype_and_device(*tensors: Tensor | None) -> None:
+    """The C++ kernels read raw memory: refuse mixed dtypes or devices, as torch's ops do
+    (e.g. float32 observations for a float64 core)."""
+    kinds = {(t.dtype, t.device) for t in tensors if t is not None}
+    if len(kinds) > 1:
+        found = ", ".join(sorted(f"{dtype} on {device}" for dtype, device in kinds))
+        raise TypeError(
+            "the plastic core's input, state and parameters must share one dtype and device; "
+            f"got {found} (convert the input, e.g. x.to(core.w.dtype))"
+        )
 
 
 def _needs_graph(*tensors: Tensor | None) -> bool:
@@ -1223,7 +1236,7 @@ class _SequenceFunction(torch.autograd.Function):
         # The kernels index every tensor as contiguous, backward's included: save such copies.
         x, h0, hebb0, elig0 = (_contiguous(t) for t in (x, h0, hebb0, elig0))
         interval = sequence_checkpoint_interval(x.shape[0])
-        out, _, _ = _native_sequence(spec, p, x, h0, hebb0, elig0, interval)
+        out = _native_sequence(spec, p, x, h0, hebb0, elig0, interval)
         ctx.spec = spec
         ctx.interval = interval
         ctx.save_for_backward(
@@ -1325,7 +1338,7 @@ def fused_sequence(
         outputs = _SequenceFunction.apply(spec, x, state.h, hebb, elig, *params)
         hs, ms, new_hebb, new_elig = _split_outputs(spec, outputs)
     else:
-        out, _, _ = _native_sequence(spec, params, x, state.h, hebb, elig, interval=None)
+        out = _native_sequence(spec, params, x, state.h, hebb, elig, interval=None)
         hs, ms, new_hebb, new_elig = out.hs, out.ms, out.hebb, out.elig
     return (
         hs,

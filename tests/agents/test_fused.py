@@ -622,3 +622,22 @@ def test_non_contiguous_inputs_and_states_match_the_reference(kernels) -> None:
         )
     for ref, got in zip(results["reference"], results["fused"], strict=True):
         torch.testing.assert_close(got, ref, rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.parametrize("kernels", KERNELS)
+def test_mixed_dtypes_are_refused_like_the_reference(kernels) -> None:
+    """The native kernels read raw memory: a float32 input to a float64 core must be an error
+    (as in the reference's matrix products), never a silent misreading."""
+    _need_kernels(kernels)
+    core = _core({"rule": "clip", "neuromod": "simple"}, kernels=kernels)
+    x = torch.randn(4, 3, 3)  # float32
+    core.implementation = "reference"
+    with pytest.raises(RuntimeError):
+        core(x)
+    core.implementation = "fused"
+    message = "share one dtype and device; got torch.float32 on cpu, torch.float64 on cpu"
+    expected = (TypeError, message) if kernels == "native" else (RuntimeError, "Double|Float")
+    with pytest.raises(expected[0], match=expected[1]):
+        core(x)
+    with torch.no_grad(), pytest.raises(expected[0], match=expected[1]):
+        core.step(x[0], core.initial_state(3))
