@@ -1177,6 +1177,7 @@ def _native_sequence(
     cache for the whole episode). With ``interval``, the traces before every ``interval``-th
     step are kept for backward."""
     _check_same_dtype_and_device(x, h0, hebb0, elig0, *p)
+    _check_shapes(spec, p, x, h0, hebb0, elig0)
     x, h0, hebb0, elig0 = (_contiguous(t) for t in (x, h0, hebb0, elig0))
     w_in, w, bias, alpha, wm, bm = (
         _contiguous(t) for t in (p.w_in, p.w, p.bias, p.alpha, p.wm, p.bm)
@@ -1217,6 +1218,24 @@ def _check_same_dtype_and_device(*tensors: Tensor | None) -> None:
             "the plastic core's input, state and parameters must share one dtype and device; "
             f"got {found} (convert the input, e.g. x.to(core.w.dtype))"
         )
+
+
+def _check_shapes(
+    spec: FusedSpec, p: _Params, x: Tensor, h0: Tensor, hebb0: Tensor, elig0: Tensor | None
+) -> None:
+    """Refuse a state or input of the wrong size (the kernels would read out of bounds)."""
+    inputs, n = p.w_in.shape
+    steps, batch = x.shape[0], h0.shape[0]
+    expected = {
+        "x": (x, (steps, batch, inputs)),
+        "state.h": (h0, (batch, n)),
+        "state.hebb": (hebb0, (batch, n, n)),
+    }
+    if spec.retroactive:
+        expected["state.eligibility"] = (elig0, (batch, n, n))
+    for name, (tensor, shape) in expected.items():
+        if tuple(tensor.shape) != shape:
+            raise ValueError(f"{name} must have shape {list(shape)}, got {list(tensor.shape)}")
 
 
 def _needs_graph(*tensors: Tensor | None) -> bool:

@@ -641,3 +641,19 @@ def test_mixed_dtypes_are_refused_like_the_reference(kernels) -> None:
         core(x)
     with torch.no_grad(), pytest.raises(expected[0], match=expected[1]):
         core.step(x[0], core.initial_state(3))
+
+
+def test_a_state_of_the_wrong_size_is_refused_by_name() -> None:
+    _need_kernels("native")
+    core = _core({"rule": "clip", "neuromod": "retroactive"}, kernels="native")
+    state = core.initial_state(3)
+    x = torch.randn(4, 3, 3, dtype=torch.float64)
+    bad = {
+        "hebb": state._replace(hebb=torch.zeros(3, 4, 4, dtype=torch.float64)),
+        "eligibility": state._replace(eligibility=torch.zeros(2, 5, 5, dtype=torch.float64)),
+    }
+    for name, wrong in bad.items():
+        with pytest.raises(ValueError, match=rf"state\.{name} must have shape \["):
+            core(x, wrong)
+        with torch.no_grad(), pytest.raises(ValueError, match=rf"state.{name} must have shape"):
+            core.step(x[0], wrong)
