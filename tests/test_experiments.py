@@ -13,22 +13,7 @@ from hebbgym.experiments import EVALUATION_FILE, rank_sum_p, reproduce
 from hebbgym.pretrained import export_best_of_sweep
 from hebbgym.sweep import SweepConfig
 from hebbgym.train.checkpoint import load_checkpoint
-
-SWEEP_YAML = """
-name: tiny
-out_dir: {out_dir}
-cpus_per_trial: 1
-base:
-  env_id: Hebb-ReversalBandit-v0
-  episodes: 16
-  batch_size: 4
-  hidden_size: 8
-  lr: 0.01
-  env_kwargs: {{episode_length: 10}}
-grid:
-  agent: [modulated, lstm]
-  seed: [0, 1]
-"""
+from tests.tiny_sweep import write_tiny_sweep
 
 
 def test_rank_sum_p_values() -> None:
@@ -41,8 +26,7 @@ def test_rank_sum_p_values() -> None:
 @pytest.fixture(scope="module")
 def report(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("experiments")
-    sweep_file = root / "tiny.yaml"
-    sweep_file.write_text(SWEEP_YAML.format(out_dir=root / "sweeps"))
+    sweep_file = write_tiny_sweep(root / "tiny.yaml", ["modulated", "lstm"], [0, 1], episodes=16)
     page = reproduce(sweep_file, root / "report", 40, sb3=("sb3-a2c",), cpus=2)
     return sweep_file, page
 

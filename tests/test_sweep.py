@@ -13,30 +13,14 @@ import torch
 from hebbgym.sweep import INSTALL_HINT, SweepConfig, run_sweep, run_trial
 from hebbgym.train.checkpoint import load_checkpoint
 from hebbgym.train.loop import CHECKPOINT_FILE, load_agent, metrics_table
-
-SWEEP_YAML = """
-name: tiny
-out_dir: {out_dir}
-cpus_per_trial: 1
-base:
-  env_id: Hebb-ReversalBandit-v0
-  episodes: 24
-  batch_size: 4
-  hidden_size: 8
-  lr: 0.01
-  env_kwargs: {{episode_length: 10}}
-  checkpoint_every: 2
-grid:
-  agent: [modulated, rnn]
-  seed: [1]
-"""
+from tests.tiny_sweep import write_tiny_sweep
 
 
 @pytest.fixture
 def sweep_file(tmp_path: Path) -> Path:
-    path = tmp_path / "tiny.yaml"
-    path.write_text(SWEEP_YAML.format(out_dir=tmp_path / "sweeps"))
-    return path
+    return write_tiny_sweep(
+        tmp_path / "tiny.yaml", ["modulated", "rnn"], [1], episodes=24, checkpoint_every=2
+    )
 
 
 def test_config_is_validated_before_anything_runs(tmp_path: Path) -> None:
