@@ -57,7 +57,8 @@ def train_sb3(
     batch_episodes: int = 30,
 ) -> dict[str, Any]:
     """Train an SB3 agent for ``env_steps`` steps, log its training returns as a
-    ``metrics.csv`` comparable with ours, and evaluate it on the evaluation episodes."""
+    ``metrics.csv`` comparable with ours, and evaluate it on the evaluation episodes, with
+    sampled and with greedy (deterministic) actions."""
     import torch
     from stable_baselines3.common.env_util import make_vec_env
 
@@ -74,8 +75,10 @@ def train_sb3(
     seconds = time.perf_counter() - start
     episode_returns = _monitor_returns(env)
     _write_sb3_metrics(run_dir, episode_returns, batch_episodes, seconds)
-    returns = evaluate_sb3(model, env_id, evaluation_episodes, seed=10_000, env_kwargs=env_kwargs)
-    result = {"returns": returns.tolist(), "seconds": seconds, "env_steps": env_steps}
+    result = {"seconds": seconds, "env_steps": env_steps}
+    for key, greedy in (("returns", False), ("greedy_returns", True)):
+        returns = evaluate_sb3(model, env_id, evaluation_episodes, 10_000, env_kwargs, greedy)
+        result[key] = returns.tolist()
     evaluation.write_text(json.dumps(result))
     return result
 
@@ -110,7 +113,13 @@ def _write_sb3_metrics(run_dir: Path, returns: np.ndarray, batch: int, seconds: 
 
 
 def evaluate_sb3(
-    model: Any, env_id: str, episodes: int, seed: int, env_kwargs: dict[str, Any], batch: int = 100
+    model: Any,
+    env_id: str,
+    episodes: int,
+    seed: int,
+    env_kwargs: dict[str, Any],
+    greedy: bool = False,
+    batch: int = 100,
 ) -> np.ndarray:
     """SB3 agent returns on the same episodes (seeds) as :func:`evaluate_agent` uses."""
     batch = min(batch, episodes)
@@ -124,7 +133,7 @@ def evaluate_sb3(
         total = np.zeros(batch)
         for _ in range(env.unwrapped.batch.length):
             actions, states = model.predict(
-                obs, state=states, episode_start=starts, deterministic=False
+                obs, state=states, episode_start=starts, deterministic=greedy
             )
             obs, reward, _, _, _ = env.step(actions)
             starts[:] = False
@@ -144,18 +153,23 @@ def rank_sum_p(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def _evaluate_trial(trial: Trial, episodes: int) -> dict[str, Any]:
+    """Held-out returns with sampled and greedy actions (each computed once, then cached in
+    the trial's ``evaluation.json``; an older file without greedy returns is completed)."""
     path = trial.run_dir / EVALUATION_FILE
-    if path.exists():
-        return json.loads(path.read_text())
+    result = json.loads(path.read_text()) if path.exists() else {}
+    missing = [key for key in ("returns", "greedy_returns") if key not in result]
+    if not missing:
+        return result
     config, agent, progress = load_agent(trial.run_dir)
     start = time.perf_counter()
-    returns = evaluate_agent(config, agent, episodes, seed=10_000)
-    result = {
-        "returns": returns.tolist(),
-        "seconds": float(progress["seconds"]),
-        "evaluation_seconds": time.perf_counter() - start,
-        "episodes_trained": int(progress["episodes"]),
-    }
+    for key in missing:
+        returns = evaluate_agent(config, agent, episodes, 10_000, greedy=key == "greedy_returns")
+        result[key] = returns.tolist()
+    result.update(
+        seconds=float(progress["seconds"]),
+        evaluation_seconds=time.perf_counter() - start,
+        episodes_trained=int(progress["episodes"]),
+    )
     path.write_text(json.dumps(result))
     return result
 
@@ -181,11 +195,13 @@ def reproduce(
     length = gym.make(env_id, **env_kwargs).unwrapped.rules.episode_length
     groups: dict[str, list[Path]] = {}
     finals: dict[str, list[float]] = {}
+    greedy: dict[str, list[float]] = {}
     seconds: dict[str, list[float]] = {}
     for trial in trials:
         result = _evaluate_trial(trial, evaluation_episodes)
         groups.setdefault(trial.config.agent, []).append(trial.run_dir)
         finals.setdefault(trial.config.agent, []).append(float(np.mean(result["returns"])))
+        greedy.setdefault(trial.config.agent, []).append(_mean_or_nan(result, "greedy_returns"))
         seconds.setdefault(trial.config.agent, []).append(result["seconds"])
     if sb3:
         seeds = sorted({trial.config.seed for trial in trials})
@@ -198,6 +214,7 @@ def reproduce(
                 )
                 groups.setdefault(algorithm, []).append(run_dir)
                 finals.setdefault(algorithm, []).append(float(np.mean(result["returns"])))
+                greedy.setdefault(algorithm, []).append(_mean_or_nan(result, "greedy_returns"))
                 seconds.setdefault(algorithm, []).append(result["seconds"])
     references = {
         name: float(
@@ -214,7 +231,15 @@ def reproduce(
     )
     page = report_dir / f"{sweep.name}.md"
     text = _markdown(
-        sweep, env_id, env_kwargs, finals, seconds, references, curves.name, evaluation_episodes
+        sweep,
+        env_id,
+        env_kwargs,
+        finals,
+        greedy,
+        seconds,
+        references,
+        curves.name,
+        evaluation_episodes,
     )
     if failed:
         text += "\nRuns that stopped early (evaluated at their last good checkpoint):\n\n"
@@ -223,52 +248,60 @@ def reproduce(
     return page
 
 
+def _mean_or_nan(result: dict[str, Any], key: str) -> float:
+    return float(np.mean(result[key])) if key in result else float("nan")
+
+
 def _markdown(
     sweep: SweepConfig,
     env_id: str,
     env_kwargs: dict[str, Any],
     finals: dict[str, list[float]],
+    greedy: dict[str, list[float]],
     seconds: dict[str, list[float]],
     references: dict[str, float],
     curves: str,
     evaluation_episodes: int,
 ) -> str:
     random_mean, oracle_mean = references["random"], references["oracle"]
+
+    def score(value: float) -> float:
+        if oracle_mean <= random_mean:
+            return float("nan")
+        return (value - random_mean) / (oracle_mean - random_mean)
+
+    def p_value(agent: str, table: dict[str, list[float]]) -> str:
+        if agent == "modulated" or np.isnan(table[agent]).any():
+            return "—"
+        return f"{rank_sum_p(np.array(table['modulated']), np.array(table[agent])):.3g}"
+
     trial = sweep.trials()[0]
     lines = [
         f"## {env_id}" + (f" ({env_kwargs})" if env_kwargs else ""),
         "",
         f"Budget per run: {trial.config.batches * trial.config.batch_size} training episodes; "
         f"{len(next(iter(finals.values())))} seeds per agent; final evaluation on the same "
-        f"{evaluation_episodes} held-out episodes for every run (weights frozen, plasticity on).",
+        f"{evaluation_episodes} held-out episodes for every run (weights frozen, plasticity on), "
+        "with actions sampled from the policy and with the most likely action (greedy).",
         "",
         f"![learning curves]({curves})",
         "",
-        "| agent | mean reward (median over seeds) | IQR | normalised score "
-        "| p (rank-sum vs modulated) | train time / run |",
-        "|---|---|---|---|---|---|",
+        "| agent | mean reward, sampled (median over seeds) | IQR | normalised score "
+        "| p (rank-sum vs modulated) | mean reward, greedy (median) | p, greedy "
+        "| train time / run |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    modulated = np.array(finals.get("modulated", []))
     for agent, values in finals.items():
-        values = np.array(values)
         low, median, high = np.percentile(values, [25, 50, 75])
-        score = (
-            (median - random_mean) / (oracle_mean - random_mean)
-            if oracle_mean > random_mean
-            else float("nan")
-        )
-        p = "—" if agent == "modulated" else f"{rank_sum_p(modulated, values):.3g}"
         lines.append(
-            f"| {agent} | {median:.2f} | {low:.2f}–{high:.2f} | {score:.2f} | {p} | "
-            f"{np.median(seconds[agent]):.0f} s |"
+            f"| {agent} | {median:.2f} | {low:.2f}–{high:.2f} | {score(median):.2f} "
+            f"| {p_value(agent, finals)} | {np.median(greedy[agent]):.2f} "
+            f"| {p_value(agent, greedy)} | {np.median(seconds[agent]):.0f} s |"
         )
     for name, value in references.items():
-        score = (
-            (value - random_mean) / (oracle_mean - random_mean)
-            if oracle_mean > random_mean
-            else float("nan")
+        lines.append(
+            f"| reference: {name} | {value:.2f} | — | {score(value):.2f} | — | — | — | — |"
         )
-        lines.append(f"| reference: {name} | {value:.2f} | — | {score:.2f} | — | — |")
     lines.append("")
     return "\n".join(lines)
 
