@@ -8,8 +8,9 @@ backward pass of ``sum(h)`` through the whole episode, as A2C training does. Row
 * ``fused sequence``: :meth:`PlasticCore.forward` over the whole input sequence (one C++ call
   for the forward, one for the backward);
 * ``... played + replayed``: what training does (:func:`hebbgym.train.rollout.collect_rollout`):
-  the episode played step by step under ``no_grad``, then replayed as one sequence with the
-  graph, and the backward;
+  the episode played step by step under ``no_grad``, keeping what ``replay_checkpoints``
+  asks for, then replayed as one sequence with the graph (the fused core reuses the played
+  forward), and the backward;
 * ``reference step``: ``implementation="reference"``, plain autograd ops;
 * ``nn.RNN`` / ``nn.LSTM``: the baselines of :mod:`hebbgym.agents.baselines` with the hidden
   size whose parameter count (plus 5 linear heads) matches the plastic core's, run over the
@@ -51,7 +52,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from hebbgym.agents import fused
 from hebbgym.agents.baselines import LSTMCore, RNNCore, count_parameters, matched_hidden_size
-from hebbgym.agents.plastic import PlasticConfig, PlasticCore
+from hebbgym.agents.plastic import PlasticConfig, PlasticCore, PlayedSequence
 
 INPUT_SIZE = 16
 HEAD_OUTPUTS = 5  # 4 actions + 1 value, as in the maze
@@ -87,11 +88,17 @@ def _episode_sequence(core: nn.Module, x: torch.Tensor) -> None:
 
 
 def _episode_played_then_replayed(core: nn.Module, x: torch.Tensor) -> None:
+    keep = set(core.replay_checkpoints(x.shape[0]))
     with torch.no_grad():
-        state = core.initial_state(x.shape[1])
+        state, hs, ms, kept = core.initial_state(x.shape[1]), [], [], {}
         for t in range(x.shape[0]):
-            _, _, state = core.step(x[t], state)
-    _episode_sequence(core, x)
+            if t in keep:
+                kept[t] = state
+            h, m, state = core.step(x[t], state)
+            hs.append(h)
+            ms.append(m)
+    played = PlayedSequence(torch.stack(hs), torch.stack(ms), kept, state)
+    core.replay(x, played).h.sum().backward()
 
 
 def _rows(

@@ -16,7 +16,7 @@ from gymnasium import spaces
 from torch import Tensor, nn
 
 from hebbgym.agents.baselines import LSTMCore, RNNCore, count_parameters, matched_hidden_size
-from hebbgym.agents.plastic import CoreState, PlasticConfig, PlasticCore
+from hebbgym.agents.plastic import CoreState, PlasticConfig, PlasticCore, PlayedSequence
 
 AgentKind = Literal["modulated", "retroactive", "plastic", "rnn", "lstm"]
 AGENT_KINDS: tuple[str, ...] = ("modulated", "retroactive", "plastic", "rnn", "lstm")
@@ -138,7 +138,9 @@ class ActorCritic(nn.Module):
         value = self.value(h).squeeze(-1)
         return StepOutput(action, log_prob, entropy, sum_squares, value, h, m), state
 
-    def replay(self, obs: Tensor, actions: Tensor) -> StepOutput:
+    def replay(
+        self, obs: Tensor, actions: Tensor, played: PlayedSequence | None = None
+    ) -> StepOutput:
         """Every step of whole episodes at once, from their start: observations ``[T, B, D]``
         and the actions taken ``[T, B]`` (or ``[T, B, d]``) -> a :class:`StepOutput` of
         ``[T, B, ...]`` tensors.
@@ -147,9 +149,10 @@ class ActorCritic(nn.Module):
         kernel for forward and one for backward instead of ``T`` steps), so training plays an
         episode without a graph and differentiates this replay. The core is deterministic,
         so the replay computes the played episode's activations (bit for bit on the fused
-        plastic core), and its gradients are those of the played steps.
+        plastic core), and its gradients are those of the played steps. ``played``, what the
+        core kept while the episode was played, spares the fused core its forward.
         """
-        out, _ = self.core(obs)
+        out = self.core(obs)[0] if played is None else self.core.replay(obs, played)
         log_prob, entropy, sum_squares = self.policy.score(out.h, actions)
         value = self.value(out.h).squeeze(-1)
         return StepOutput(actions, log_prob, entropy, sum_squares, value, out.h, out.m)

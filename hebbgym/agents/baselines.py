@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from hebbgym.agents.plastic import (
     CoreOutput,
     CoreState,
+    PlayedSequence,
     _check_positive_int,
     _check_sequence,
     _check_state,
@@ -80,6 +81,15 @@ class _TorchRecurrentCore(nn.Module):
         """One time step: ``x_t`` ``[B, I]`` -> ``h_t`` ``[B, N]``, ``m_t`` ``[B, 0]``, state."""
         out, state = self(x_t.unsqueeze(0), state)
         return out.h[0], out.m[0], state
+
+    def replay_checkpoints(self, steps: int) -> range:
+        """None: the replay runs the sequence again (one ATen call, cheap for these cores)."""
+        return range(0)
+
+    def replay(self, x: Tensor, played: PlayedSequence) -> CoreOutput:
+        """:meth:`forward` of ``x`` from the initial state; ``played`` is not needed."""
+        del played
+        return self(x)[0]
 
 
 class RNNCore(_TorchRecurrentCore):

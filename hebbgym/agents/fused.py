@@ -100,6 +100,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_CHECKPOINT_INTERVAL",
+    "replay_checkpoints",
     "FusedSpec",
     "Kernels",
     "fused_sequence",
@@ -1242,6 +1243,14 @@ def _needs_graph(*tensors: Tensor | None) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
+class _SequenceTask(NamedTuple):
+    """The non-tensor first argument of :class:`_SequenceFunction`: the spec, and the forward's
+    results when they are already known (an episode played step by step; ``None``: compute)."""
+
+    spec: FusedSpec
+    played: _Sequence | None
+
+
 class _SequenceFunction(torch.autograd.Function):
     """``T`` steps as one graph node, on the native kernels: saves the ``[T, B, N]``
     activations and a trace every ``ceil(sqrt(T))`` steps; backward runs in one C++ call
@@ -1249,13 +1258,24 @@ class _SequenceFunction(torch.autograd.Function):
     gradients of ``W_in``, ``W``, ``b`` and ``x`` as four matrix products over all steps."""
 
     @staticmethod
-    def forward(ctx: Any, spec: FusedSpec, x: Tensor, h0: Tensor, hebb0, elig0, *params):
+    def forward(ctx: Any, task: _SequenceTask, x: Tensor, h0: Tensor, hebb0, elig0, *params):
         ctx.set_materialize_grads(False)
+        spec = task.spec
         p = _Params(*params)
         # The kernels index every tensor as contiguous, backward's included: save such copies.
         x, h0, hebb0, elig0 = (_contiguous(t) for t in (x, h0, hebb0, elig0))
         interval = sequence_checkpoint_interval(x.shape[0])
-        out = _native_sequence(spec, p, x, h0, hebb0, elig0, interval)
+        if task.played is None:
+            out = _native_sequence(spec, p, x, h0, hebb0, elig0, interval)
+        else:  # outputs of our own, not the caller's tensors
+            known = task.played
+            out = known._replace(
+                **{
+                    name: getattr(known, name).clone()
+                    for name in ("hs", "ms", "hebb", "elig")
+                    if getattr(known, name) is not None
+                }
+            )
         ctx.spec = spec
         ctx.interval = interval
         ctx.save_for_backward(
@@ -1339,14 +1359,49 @@ def _stepwise_sequence(
     return torch.stack(hs), torch.stack(ms) if spec.modulated else None, hebb, elig
 
 
+def replay_checkpoints(spec: FusedSpec, like: Tensor, steps: int) -> range:
+    """The steps whose incoming state a :func:`fused_sequence` replay of an episode played
+    step by step needs (its checkpoints); none where the replay computes its forward anyway
+    (no native kernels for ``like``'s dtype and device)."""
+    if not _use_native(spec, like):
+        return range(0)
+    return range(0, steps, sequence_checkpoint_interval(steps))
+
+
+def _played_sequence(spec: FusedSpec, x: Tensor, played: Any) -> _Sequence:
+    """A played record (``plastic.PlayedSequence``) as the forward's results."""
+    steps, batch = x.shape[:2]
+    needed = replay_checkpoints(spec, played.h, steps)
+    missing = [t for t in needed if t not in played.states]
+    if tuple(played.h.shape[:2]) != (steps, batch) or missing:
+        raise ValueError(
+            f"the played record does not fit x of shape {list(x.shape)}: h has shape "
+            f"{list(played.h.shape)}, states missing before steps {missing}"
+        )
+    checkpoints = [played.states[t] for t in needed]
+    return _Sequence(
+        hs=_contiguous(played.h),
+        ms=_contiguous(played.m) if spec.modulated else None,
+        hebb=played.final.hebb,
+        elig=played.final.eligibility if spec.retroactive else None,
+        checkpoints=torch.stack([state.hebb for state in checkpoints]),
+        elig_checkpoints=(
+            torch.stack([state.eligibility for state in checkpoints]) if spec.retroactive else None
+        ),
+    )
+
+
 def fused_sequence(
-    core: Any, spec: FusedSpec, x: Tensor, state: Any
+    core: Any, spec: FusedSpec, x: Tensor, state: Any, played: Any = None
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """``T`` steps of ``core`` from ``state``: ``(h [T, B, N], M [T, B, K], Hebb_T, E_T)``.
 
     Native kernels: one C++ call for the forward (and one for the backward) of the whole
     sequence; without a graph to build (``no_grad``, or nothing requires grad) nothing is
-    saved. Torch kernels: a chain of per-step Functions.
+    saved. With ``played`` (a ``plastic.PlayedSequence`` of ``x`` played from ``state`` step
+    by step, without a graph, with the same parameters) the forward is not computed again:
+    the native single-step forward is the sequence's, bit for bit. Torch kernels: a chain of
+    per-step Functions.
     """
     hebb = state.hebb if spec.plastic else None
     elig = state.eligibility if spec.retroactive else None
@@ -1354,7 +1409,9 @@ def fused_sequence(
     if not _use_native(spec, state.h):
         hs, ms, new_hebb, new_elig = _stepwise_sequence(spec, params, x, state.h, hebb, elig)
     elif _needs_graph(x, state.h, hebb, elig, *params):
-        outputs = _SequenceFunction.apply(spec, x, state.h, hebb, elig, *params)
+        known = None if played is None else _played_sequence(spec, x, played)
+        task = _SequenceTask(spec, known)
+        outputs = _SequenceFunction.apply(task, x, state.h, hebb, elig, *params)
         hs, ms, new_hebb, new_elig = _split_outputs(spec, outputs)
     else:
         out = _native_sequence(spec, params, x, state.h, hebb, elig, interval=None)

@@ -11,6 +11,8 @@ share one contract, :class:`RecurrentCore`, so the learner can swap them freely:
 * ``core(x, state=None, record_trace=False) -> (CoreOutput, CoreState)`` with ``x`` of
   shape ``[T, B, I]``
 * ``core.step(x_t, state) -> (h_t, m_t, CoreState)`` for one time step
+* ``core.replay_checkpoints(T)`` and ``core.replay(x, played) -> CoreOutput``: the graph of
+  an episode that was played step by step without one (see :class:`PlayedSequence`)
 * attributes ``input_size``, ``hidden_size`` and ``modulator_size``.
 """
 
@@ -30,6 +32,7 @@ from hebbgym.agents.fused import (
     Kernels,
     fused_sequence,
     fused_step,
+    replay_checkpoints,
 )
 
 Rule = Literal["decay", "oja", "clip", "none"]
@@ -47,6 +50,7 @@ __all__ = [
     "Neuromod",
     "PlasticConfig",
     "PlasticCore",
+    "PlayedSequence",
     "RecurrentCore",
     "Rule",
 ]
@@ -104,6 +108,25 @@ class CoreOutput(NamedTuple):
     hebb: Tensor | None
 
 
+class PlayedSequence(NamedTuple):
+    """What a core computed while an input sequence was played step by step from its initial
+    state without a graph (as a rollout plays an episode), kept so that differentiating the
+    sequence afterwards (:meth:`PlasticCore.replay`) need not compute its forward again.
+
+    Attributes:
+        h: ``[T, B, N]``, the ``h_t`` of the played steps.
+        m: ``[T, B, K]``, their ``M_t``.
+        states: the :class:`CoreState` *before* each step that ``core.replay_checkpoints(T)``
+            named (``{}`` for a core that names none).
+        final: the state after the last step.
+    """
+
+    h: Tensor
+    m: Tensor
+    states: dict[int, CoreState]
+    final: CoreState
+
+
 class RecurrentCore(Protocol):
     """The contract every hebbgym core (plastic, RNN, LSTM) satisfies."""
 
@@ -114,6 +137,10 @@ class RecurrentCore(Protocol):
     def initial_state(self, batch_size: int) -> CoreState: ...
 
     def step(self, x_t: Tensor, state: CoreState) -> tuple[Tensor, Tensor, CoreState]: ...
+
+    def replay_checkpoints(self, steps: int) -> range: ...
+
+    def replay(self, x: Tensor, played: PlayedSequence) -> CoreOutput: ...
 
     def __call__(
         self, x: Tensor, state: CoreState | None = None, record_trace: bool = False
@@ -457,6 +484,27 @@ class PlasticCore(nn.Module):
             if cfg.rule == "clip":
                 hebb = torch.clamp(hebb, -cfg.clip_value, cfg.clip_value)
         return h, m, CoreState(h=h, c=state.c, hebb=hebb, eligibility=elig)
+
+    def replay_checkpoints(self, steps: int) -> range:
+        """The steps (of an episode of ``steps``) whose incoming state a
+        :class:`PlayedSequence` must keep for :meth:`replay`: the fused native sequence's
+        checkpoints, or none where the replay recomputes the forward anyway."""
+        if self._implementation != "fused" or not self.config.plastic:
+            return range(0)
+        return replay_checkpoints(self._fused_spec, self.w, steps)
+
+    def replay(self, x: Tensor, played: PlayedSequence) -> CoreOutput:
+        """:meth:`forward` of ``x`` from the initial state, with its graph, for a sequence
+        that was just played step by step without a graph with the same parameters: on the
+        fused native path the played activations and checkpointed traces are the forward's
+        (bit for bit), so only the backward remains to be computed."""
+        _check_sequence(x, self.input_size)
+        if not self.replay_checkpoints(x.shape[0]):
+            return self(x)[0]
+        hs, ms, _, _ = fused_sequence(
+            self, self._fused_spec, x, self.initial_state(x.shape[1]), played
+        )
+        return CoreOutput(h=hs, m=ms, hebb=None)
 
     def forward(
         self, x: Tensor, state: CoreState | None = None, record_trace: bool = False

@@ -12,6 +12,7 @@ import torch
 from gymnasium import spaces
 
 from hebbgym.agents.actor_critic import ActorCritic, StepOutput
+from hebbgym.agents.plastic import CoreState, PlayedSequence
 from hebbgym.train.a2c import Rollout
 
 
@@ -57,10 +58,14 @@ def collect_rollout(
     steps: list[StepOutput] = []
     observations: list[torch.Tensor] = []
     rewards = np.zeros((length, env.num_envs), np.float32)
+    keep = set(model.core.replay_checkpoints(length)) if replay else set()
+    kept: dict[int, CoreState] = {}
     with torch.no_grad() if replay else contextlib.nullcontext():
         obs, info = env.reset(seed=seed)
         state = model.initial_state(env.num_envs)
         for t in range(length):
+            if t in keep:
+                kept[t] = state
             observations.append(torch.as_tensor(obs))
             out, state = model.step(observations[-1], state, generator, greedy)
             obs, reward, _, _, info = env.step(to_env_actions(out.action, space))
@@ -69,7 +74,11 @@ def collect_rollout(
             if on_step is not None:
                 on_step(out, info)
     if replay and torch.is_grad_enabled():
-        played = model.replay(torch.stack(observations), torch.stack([s.action for s in steps]))
+        record = PlayedSequence(
+            torch.stack([s.h for s in steps]), torch.stack([s.m for s in steps]), kept, state
+        )
+        actions = torch.stack([s.action for s in steps])
+        played = model.replay(torch.stack(observations), actions, record)
     else:
         played = StepOutput(*(torch.stack(field) for field in zip(*steps, strict=True)))
     return Rollout(

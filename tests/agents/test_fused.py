@@ -14,7 +14,13 @@ import pytest
 import torch
 
 from hebbgym.agents import fused
-from hebbgym.agents.plastic import CoreState, PlasticConfig, PlasticCore
+from hebbgym.agents.plastic import (
+    CoreOutput,
+    CoreState,
+    PlasticConfig,
+    PlasticCore,
+    PlayedSequence,
+)
 from tests.agents.test_plastic import VARIANTS  # every valid rule/neuromod/... combination
 
 RTOL, ATOL = 1e-10, 1e-12
@@ -657,3 +663,54 @@ def test_a_state_of_the_wrong_size_is_refused_by_name() -> None:
             core(x, wrong)
         with torch.no_grad(), pytest.raises(ValueError, match=rf"state.{name} must have shape"):
             core.step(x[0], wrong)
+
+
+@pytest.mark.parametrize(
+    "variant",
+    [
+        {"rule": "clip", "neuromod": "simple"},
+        {"rule": "clip", "neuromod": "retroactive", "modulation": "neuron"},
+        {"rule": "oja", "neuromod": "none", "alpha": "scalar"},
+    ],
+    ids=_variant_id,
+)
+def test_replay_of_a_played_sequence_is_the_sequence_bit_for_bit(variant, monkeypatch) -> None:
+    """An episode played step by step without a graph, then replayed from its record: the
+    same outputs and exactly the same gradients as the sequence forward and backward, without
+    computing the forward again."""
+    _need_kernels("native")
+    core = _core(variant, sizes=(3, 9), strength=0.5)
+    x = torch.randn(17, 4, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    checkpoints = set(core.replay_checkpoints(17))
+    assert checkpoints == {0, 5, 10, 15}  # ceil(sqrt(17)) = 5
+    with torch.no_grad():
+        state, hs, ms, kept = core.initial_state(4), [], [], {}
+        for t in range(17):
+            if t in checkpoints:
+                kept[t] = state
+            h, m, state = core.step(x[t], state)
+            hs.append(h)
+            ms.append(m)
+    played = PlayedSequence(torch.stack(hs), torch.stack(ms), kept, state)
+
+    def gradients(out: CoreOutput) -> list[torch.Tensor]:
+        loss = (
+            out.h * torch.linspace(-1, 1, out.h.numel(), dtype=out.h.dtype).view_as(out.h)
+        ).sum()
+        return torch.autograd.grad(loss + (out.m**2).sum(), list(core.parameters()))
+
+    expected_out = core(x)[0]
+    expected = gradients(expected_out)
+    calls = []
+    original = fused._native_sequence
+    monkeypatch.setattr(
+        fused, "_native_sequence", lambda *a, **k: calls.append(1) or original(*a, **k)
+    )
+    replayed = core.replay(x, played)
+    assert not calls  # no forward computed again
+    assert torch.equal(replayed.h, expected_out.h) and torch.equal(replayed.m, expected_out.m)
+    for got, want in zip(gradients(replayed), expected, strict=True):
+        assert torch.equal(got, want)
+    assert played.h.grad_fn is None  # the caller's record is left as it was
+    with pytest.raises(ValueError, match=r"states missing before steps \[10\]"):
+        core.replay(x, played._replace(states={k: v for k, v in kept.items() if k != 10}))
