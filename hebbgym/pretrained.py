@@ -79,22 +79,23 @@ def export_best_of_sweep(sweep_file: str | Path, destination: Path = PRETRAINED_
     from hebbgym.sweep import SweepConfig
 
     sweep = SweepConfig.from_file(sweep_file)
-    means: dict[str, list[tuple[float, Path]]] = {}
+    means: dict[str, list[tuple[float, int, Path]]] = {}
     for trial in sweep.trials():
         path = trial.run_dir / EVALUATION_FILE
         if not path.is_file():
             raise FileNotFoundError(f"{path}: evaluate the sweep first (scripts/reproduce_*.py)")
         returns = json.loads(path.read_text())["returns"]
-        means.setdefault(trial.config.agent, []).append((float(np.mean(returns)), trial.run_dir))
+        entry = (float(np.mean(returns)), len(returns), trial.run_dir)
+        means.setdefault(trial.config.agent, []).append(entry)
     if "modulated" not in means or "lstm" not in means:
         raise ValueError(f"{sweep_file}: needs modulated and lstm trials to pick and compare")
-    best_mean, best_dir = max(means["modulated"])
+    best_mean, episodes, best_dir = max(means["modulated"])
     evaluation = {
         "source": str(best_dir),
-        "evaluation": {"episodes": len(returns), "seed": 10_000, "mean_reward": best_mean},
+        "evaluation": {"episodes": episodes, "seed": 10_000, "mean_reward": best_mean},
         "baseline": {
             "agent": "lstm",
-            "median_mean_reward": float(np.median([m for m, _ in means["lstm"]])),
+            "median_mean_reward": float(np.median([m for m, _, _ in means["lstm"]])),
         },
     }
     return export_pretrained(best_dir, evaluation, destination)
