@@ -72,6 +72,15 @@ def export_pretrained(
     return target
 
 
+def _relative(path: Path) -> str:
+    """``path`` relative to the working directory where it lies below it (no machine paths
+    in shipped files)."""
+    resolved = Path(path).resolve()
+    return (
+        str(resolved.relative_to(Path.cwd())) if resolved.is_relative_to(Path.cwd()) else str(path)
+    )
+
+
 def export_best_of_sweep(sweep_file: str | Path, destination: Path = PRETRAINED_DIR) -> Path:
     """The modulated trial of a finished, evaluated sweep with the best held-out mean reward,
     exported with the LSTM trials' median on the same episodes as its baseline."""
@@ -91,7 +100,7 @@ def export_best_of_sweep(sweep_file: str | Path, destination: Path = PRETRAINED_
         raise ValueError(f"{sweep_file}: needs modulated and lstm trials to pick and compare")
     best_mean, episodes, best_dir = max(means["modulated"])
     evaluation = {
-        "source": str(best_dir),
+        "source": _relative(best_dir),
         "evaluation": {"episodes": episodes, "seed": 10_000, "mean_reward": best_mean},
         "baseline": {
             "agent": "lstm",

@@ -36,15 +36,15 @@ def main() -> None:
     config, agent, progress = load_agent(run_dir)
     name = args.name or config.env_id.removeprefix("Hebb-").removesuffix("-v0").lower()
     record = record_episodes(config, agent, args.episodes)
-    label = f"{config.env_id}, {config.agent} agent, {progress['episodes']} training episodes"
+    label = f"{config.env_id}, {config.agent}, {progress['episodes']:,} episodes"
     if record.modulation.shape[-1]:
         out = args.out_dir / f"{name}_modulation.png"
-        print(plot_modulation_around_rewards(record, out, f"M(t) around rewards: {label}"))
+        print(plot_modulation_around_rewards(record, out, f"M(t) around rewards ({label})"))
     print(plot_plasticity(agent, record, args.out_dir / f"{name}_plasticity.png", label))
     if config.env_id.startswith("Hebb-Conditioning"):
         probe = conditioning_probe(config, agent, args.episodes)
         out = args.out_dir / f"{name}_probe.png"
-        print(plot_conditioning_probe(probe, out, f"Responses after the learning period: {label}"))
+        print(plot_conditioning_probe(probe, out, f"After the learning period ({label})"))
 
 
 if __name__ == "__main__":

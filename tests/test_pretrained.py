@@ -87,3 +87,16 @@ def test_a_missing_or_ambiguous_agent_is_a_one_line_error(exported, capsys, args
         cli.main(["evaluate", *args])
     assert stop.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_each_shipped_agent_still_beats_the_lstm_baseline_it_was_chosen_against() -> None:
+    """The shipped agents, on 300 of the held-out episodes they were chosen on (seed 10000,
+    sampled actions): each must stay above the LSTM trials' median on those episodes."""
+    shipped = pretrained.available()
+    assert "Hebb-Maze-v0" in shipped
+    for env_id in shipped:
+        info = pretrained.pretrained_info(env_id)
+        config, agent, _ = load_agent(pretrained.pretrained_dir(env_id))
+        mean = float(np.mean(evaluate_agent(config, agent, 300, seed=10_000)))
+        baseline = info["baseline"]["median_mean_reward"]
+        assert mean > baseline, (env_id, mean, baseline)
