@@ -218,7 +218,7 @@ def plot_plasticity(agent: ActorCritic, record: EpisodeRecord, out: str | Path, 
         ("alpha * Hebb (what the episode wrote)", alpha * hebb),
     ]
     plt = _pyplot()
-    figure, axes = plt.subplots(1, 4, figsize=(15, 3.9), dpi=100)
+    figure, axes = plt.subplots(1, 4, figsize=(15, 3.9), dpi=72)  # 100x100 noise compresses badly
     for axis, (name, values) in zip(axes, panels, strict=True):
         bound = float(np.abs(values).max()) or 1.0
         image = axis.imshow(values, cmap="RdBu_r", vmin=-bound, vmax=bound)

@@ -71,7 +71,7 @@ def test_figures_are_written_and_refuse_agents_without_what_they_show(tmp_path) 
     modulation = plot_modulation_around_rewards(record, tmp_path / "m.png", "M", window=3)
     plasticity = plot_plasticity(agent, record, tmp_path / "p.png", "plasticity")
     assert iio.imread(modulation).shape[:2] == (396, 660)
-    assert iio.imread(plasticity).shape[:2] == (390, 1500)
+    assert iio.imread(plasticity).shape[:2] == (280, 1080)
     rnn = _agent("rnn")
     with pytest.raises(ValueError, match="no plasticity"):
         plot_plasticity(rnn, record, tmp_path / "r.png", "rnn")
