@@ -243,7 +243,10 @@ def reproduce(
     )
     if failed:
         text += "\nRuns that stopped early (evaluated at their last good checkpoint):\n\n"
-        text += "".join(f"- `{name}`: {message}\n" for name, message in sorted(failed.items()))
+        here = f"{Path.cwd()}/"  # the report names run directories relative to the repository
+        text += "".join(
+            f"- `{name}`: {message.replace(here, '')}\n" for name, message in sorted(failed.items())
+        )
     page.write_text(text)
     return page
 
