@@ -565,6 +565,9 @@ _NATIVE_FLAGS = (
     "-fassociative-math",
     "-fno-signed-zeros",
     "-fno-trapping-math",
+    # No loop versions chosen at run time by how close two buffers lie in memory: a sum's
+    # order would then depend on the heap layout, and two backward passes could differ.
+    "--param=vect-max-version-for-alias-checks=0",
     "-fno-math-errno",
     "-fopenmp",
     "-fPIC",
