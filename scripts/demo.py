@@ -33,7 +33,8 @@ def train_or_load(config: TrainConfig, run_dir: Path) -> None:
     checkpoint = run_dir / CHECKPOINT_FILE
     if checkpoint.exists():
         done = load_checkpoint(checkpoint).progress["episodes"]
-        if done >= config.batches * config.resolved().batch_size:
+        resolved = config.resolved()  # the task preset fills the fields left unset
+        if done >= resolved.batches * resolved.batch_size:
             print(f"loading the finished run in {run_dir} ({done} episodes)")
             return
         print(f"resuming {run_dir} from episode {done}")
