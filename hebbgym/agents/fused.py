@@ -1134,10 +1134,12 @@ def fused_step(
     if _use_native(spec, state.h) and not _needs_graph(x_t, state.h, hebb, elig, *params):
         # Nothing to differentiate (rollouts, evaluation): the sequence kernel for one step,
         # which computes exactly what the sequence Function's forward computes.
-        hs, ms, new_hebb, new_elig = fused_sequence(core, spec, x_t.unsqueeze(0), state)
-        return hs[0], ms[0], new_hebb, new_elig
-    outputs = _StepFunction.apply(spec, x_t, state.h, hebb, elig, *params)
-    h, m, new_hebb, new_elig = _split_outputs(spec, outputs)
+        out = _native_sequence(spec, params, x_t.unsqueeze(0), state.h, hebb, elig, None)
+        h, m, new_hebb, new_elig = out.hs[0], out.ms, out.hebb, out.elig
+        m = None if m is None else m[0]
+    else:
+        outputs = _StepFunction.apply(spec, x_t, state.h, hebb, elig, *params)
+        h, m, new_hebb, new_elig = _split_outputs(spec, outputs)
     return (
         h,
         h.new_zeros(h.shape[0], 0) if m is None else m,

@@ -58,7 +58,8 @@ def collect_rollout(
     steps: list[StepOutput] = []
     observations: list[torch.Tensor] = []
     rewards = np.zeros((length, env.num_envs), np.float32)
-    keep = set(model.core.replay_checkpoints(length)) if replay else set()
+    replaying = replay and torch.is_grad_enabled()
+    keep = set(model.core.replay_checkpoints(length)) if replaying else set()
     kept: dict[int, CoreState] = {}
     with torch.no_grad() if replay else contextlib.nullcontext():
         obs, info = env.reset(seed=seed)
@@ -73,7 +74,7 @@ def collect_rollout(
             steps.append(out)
             if on_step is not None:
                 on_step(out, info)
-    if replay and torch.is_grad_enabled():
+    if replaying:
         record = PlayedSequence(
             torch.stack([s.h for s in steps]), torch.stack([s.m for s in steps]), kept, state
         )
