@@ -52,7 +52,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from hebbgym.agents import fused
 from hebbgym.agents.baselines import LSTMCore, RNNCore, count_parameters, matched_hidden_size
-from hebbgym.agents.plastic import PlasticConfig, PlasticCore, PlayedSequence
+from hebbgym.agents.plastic import PlasticConfig, PlasticCore, play
 
 INPUT_SIZE = 16
 HEAD_OUTPUTS = 5  # 4 actions + 1 value, as in the maze
@@ -88,17 +88,7 @@ def _episode_sequence(core: nn.Module, x: torch.Tensor) -> None:
 
 
 def _episode_played_then_replayed(core: nn.Module, x: torch.Tensor) -> None:
-    keep = set(core.replay_checkpoints(x.shape[0]))
-    with torch.no_grad():
-        state, hs, ms, kept = core.initial_state(x.shape[1]), [], [], {}
-        for t in range(x.shape[0]):
-            if t in keep:
-                kept[t] = state
-            h, m, state = core.step(x[t], state)
-            hs.append(h)
-            ms.append(m)
-    played = PlayedSequence(torch.stack(hs), torch.stack(ms), kept, state)
-    core.replay(x, played).h.sum().backward()
+    core.replay(x, play(core, x)).h.sum().backward()
 
 
 def _rows(

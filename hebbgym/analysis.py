@@ -23,12 +23,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import gymnasium as gym
 import numpy as np
 import torch
 
 from hebbgym.agents.actor_critic import ActorCritic
 from hebbgym.train.config import TrainConfig
+from hebbgym.train.loop import make_env
 from hebbgym.train.rollout import to_env_actions
 
 
@@ -53,10 +53,7 @@ def record_episodes(
     """Play ``episodes`` episodes (sampled actions, weights frozen) in one batch."""
     if isinstance(episodes, bool) or not isinstance(episodes, int) or episodes < 1:
         raise ValueError(f"episodes must be a positive integer, got {episodes!r}")
-    env = gym.make_vec(
-        config.env_id, num_envs=episodes, vectorization_mode="vector_entry_point",
-        **config.env_kwargs,
-    )  # fmt: skip
+    env = make_env(config, episodes)
     generator = torch.Generator().manual_seed(seed)
     rewards, modulation = [], []
     with torch.no_grad():
@@ -106,10 +103,7 @@ def conditioning_probe(
     (trace erased: ``Hebb`` and eligibility set to zero)."""
     if not config.env_id.startswith("Hebb-Conditioning"):
         raise ValueError(f"conditioning_probe needs a conditioning task, got {config.env_id!r}")
-    env = gym.make_vec(
-        config.env_id, num_envs=episodes, vectorization_mode="vector_entry_point",
-        **config.env_kwargs,
-    )  # fmt: skip
+    env = make_env(config, episodes)
     layout = env.unwrapped.obs_layout
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():

@@ -53,6 +53,7 @@ __all__ = [
     "PlayedSequence",
     "RecurrentCore",
     "Rule",
+    "play",
 ]
 
 
@@ -528,6 +529,21 @@ class PlasticCore(nn.Module):
                 traces.append(state.hebb)
         hebb = torch.stack(traces) if record_trace and self.config.plastic else None
         return CoreOutput(h=torch.stack(hs), m=torch.stack(ms), hebb=hebb), state
+
+
+def play(core: RecurrentCore, x: Tensor) -> PlayedSequence:
+    """``x`` (``[T, B, I]``) played step by step from the initial state without a graph, with
+    what ``core.replay(x, played)`` needs kept (a rollout does the same between env steps)."""
+    keep = set(core.replay_checkpoints(x.shape[0]))
+    with torch.no_grad():
+        state, hs, ms, kept = core.initial_state(x.shape[1]), [], [], {}
+        for t in range(x.shape[0]):
+            if t in keep:
+                kept[t] = state
+            h, m, state = core.step(x[t], state)
+            hs.append(h)
+            ms.append(m)
+    return PlayedSequence(torch.stack(hs), torch.stack(ms), kept, state)
 
 
 def _check_sequence(x: Tensor, input_size: int) -> None:

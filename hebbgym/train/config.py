@@ -15,6 +15,7 @@ from typing import Any, Literal, get_args
 import gymnasium as gym
 
 import hebbgym
+from hebbgym.agents.fused import sequence_checkpoint_interval
 
 AgentKind = Literal["modulated", "retroactive", "plastic", "rnn", "lstm"]
 EntropyKind = Literal["entropy", "sum_squares"]
@@ -162,7 +163,8 @@ class TrainConfig:
         activations = 16 * hidden * episode_length
         traces = 0
         if self.agent in ("modulated", "retroactive", "plastic"):
-            checkpoints = math.ceil(episode_length / math.ceil(math.sqrt(episode_length)))
+            interval = sequence_checkpoint_interval(episode_length)
+            checkpoints = math.ceil(episode_length / interval)
             kinds = 2 if self.agent == "retroactive" else 1
             traces = kinds * (checkpoints + 4) * hidden * hidden
         return 4 * self.batch_size * (activations + traces)

@@ -9,14 +9,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import gymnasium as gym
 import numpy as np
 import torch
 
 from hebbgym.agents.actor_critic import ActorCritic
 from hebbgym.agents.references import REFERENCE_POLICIES, evaluate_reference
 from hebbgym.train.config import TrainConfig
-from hebbgym.train.loop import load_agent
+from hebbgym.train.loop import load_agent, make_env
 from hebbgym.train.rollout import collect_rollout
 
 EVALUATION_BATCH = 100
@@ -34,12 +33,7 @@ def evaluate_agent(
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}")
     batch_size = min(batch_size, episodes)
-    env = gym.make_vec(
-        config.env_id,
-        num_envs=batch_size,
-        vectorization_mode="vector_entry_point",
-        **config.env_kwargs,
-    )
+    env = make_env(config, batch_size)
     generator = torch.Generator().manual_seed(seed)
     returns = []
     with torch.no_grad():

@@ -72,10 +72,12 @@ class TrainResult:
     final_reward_mean: float
 
 
-def make_env(config: TrainConfig) -> gym.vector.VectorEnv:
+def make_env(config: TrainConfig, num_envs: int | None = None) -> gym.vector.VectorEnv:
+    """The native vector env of ``config``'s task, ``num_envs`` episodes wide (default: the
+    batch size)."""
     return gym.make_vec(
         config.env_id,
-        num_envs=config.batch_size,
+        num_envs=config.batch_size if num_envs is None else num_envs,
         vectorization_mode="vector_entry_point",
         **config.env_kwargs,
     )

@@ -19,7 +19,7 @@ from hebbgym.agents.plastic import (
     CoreState,
     PlasticConfig,
     PlasticCore,
-    PlayedSequence,
+    play,
 )
 from tests.agents.test_plastic import VARIANTS  # every valid rule/neuromod/... combination
 
@@ -681,17 +681,10 @@ def test_replay_of_a_played_sequence_is_the_sequence_bit_for_bit(variant, monkey
     _need_kernels("native")
     core = _core(variant, sizes=(3, 9), strength=0.5)
     x = torch.randn(17, 4, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
-    checkpoints = set(core.replay_checkpoints(17))
-    assert checkpoints == {0, 5, 10, 15}  # ceil(sqrt(17)) = 5
-    with torch.no_grad():
-        state, hs, ms, kept = core.initial_state(4), [], [], {}
-        for t in range(17):
-            if t in checkpoints:
-                kept[t] = state
-            h, m, state = core.step(x[t], state)
-            hs.append(h)
-            ms.append(m)
-    played = PlayedSequence(torch.stack(hs), torch.stack(ms), kept, state)
+    assert set(core.replay_checkpoints(17)) == {0, 5, 10, 15}  # ceil(sqrt(17)) = 5
+    played = play(core, x)
+    kept = played.states
+    assert set(kept) == {0, 5, 10, 15}
 
     def gradients(out: CoreOutput) -> list[torch.Tensor]:
         loss = (
