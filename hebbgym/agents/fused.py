@@ -1206,12 +1206,27 @@ def _native_sequence(
             checkpoints=hebb0.new_empty(shape),
             elig_checkpoints=hebb0.new_empty(shape) if spec.retroactive else None,
         )
-    pointers = [x, w_in, w, bias, bm, h0, hebb0, elig0, *out]
-    args = fns.sequence_args(
-        step, steps, x.shape[2], interval or steps, *(_vp(t) for t in pointers)
-    )
+    args = _sequence_args(fns, step, x, (w_in, w, bias, bm), (h0, hebb0, elig0), out, interval)
     fns.sequence_forward(ctypes.byref(args))
     return out
+
+
+def _sequence_args(
+    fns: _NativeFns,
+    step: Any,
+    x: Tensor,
+    weights: tuple[Tensor, Tensor, Tensor, Tensor | None],
+    start: tuple[Tensor, Tensor, Tensor | None],
+    out: _Sequence,
+    interval: int | None,
+) -> Any:
+    """The C struct ``Sequence<T>``: ``weights`` (``W_in``, ``W``, ``b``, ``b_m``), the
+    initial state, the outputs and checkpoints (contiguous, alive while the kernels run)."""
+    steps = x.shape[0]
+    pointers = (x, *weights, *start, *out)
+    return fns.sequence_args(
+        step, steps, x.shape[2], interval or steps, *(_vp(t) for t in pointers)
+    )
 
 
 def _check_same_dtype_and_device(*tensors: Tensor | None) -> None:
@@ -1303,15 +1318,9 @@ class _SequenceFunction(torch.autograd.Function):
 
         fns = _native_fns(hs.dtype)
         step = _step_args(fns, spec, p, hebb0, elig0, h0, alpha, wm, steps)
-        sequence = fns.sequence_args(
-            step,
-            steps,
-            x.shape[2],
-            ctx.interval,
-            *(_vp(t) for t in (x, p.w_in, p.w, p.bias, p.bm, h0, hebb0, elig0, hs, ms, None, None)),
-            _vp(checkpoints),
-            _vp(elig_checkpoints),
-        )
+        saved = _Sequence(hs, ms, None, None, checkpoints, elig_checkpoints)
+        weights = (p.w_in, p.w, p.bias, p.bm)
+        sequence = _sequence_args(fns, step, x, weights, (h0, hebb0, elig0), saved, ctx.interval)
         g_a = torch.empty_like(hs)
         g_h0 = torch.empty_like(h0)
         g_hebb0 = torch.empty_like(hebb0) if need_traces else None
