@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hebbgym.experiments import EVALUATION_FILE, rank_sum_p, reproduce
+from hebbgym.experiments import EVALUATION_FILE, rank_sum_p, reproduce, train_sb3
 from hebbgym.pretrained import export_best_of_sweep
 from hebbgym.sweep import SweepConfig
 from hebbgym.train.checkpoint import load_checkpoint
@@ -94,3 +94,22 @@ def test_best_modulated_trial_is_exported_with_the_lstm_median(report, tmp_path)
 def test_unknown_baseline_is_refused(report) -> None:
     with pytest.raises(ValueError, match="unknown SB3 algorithm"):
         reproduce(report[0], report[1].parent, 40, sb3=("sb3-dqn",))
+
+
+def test_recurrent_ppo_collects_whole_episodes_and_logs_them(tmp_path: Path) -> None:
+    # Its rollout is 30 envs x one 10-step episode, so 300 steps give exactly 30 episodes.
+    result = train_sb3(
+        "sb3-recurrent-ppo",
+        "Hebb-ReversalBandit-v0",
+        300,
+        0,
+        tmp_path,
+        20,
+        {"episode_length": 10},
+        batch_episodes=10,
+    )
+    assert result["env_steps"] == 300
+    assert len(result["returns"]) == len(result["greedy_returns"]) == 20
+    assert all(0 <= r <= 10 for r in result["returns"])  # a bandit pays 0 or 1 per step
+    rows = (tmp_path / "metrics.csv").read_text().splitlines()
+    assert len(rows) == 1 + 3  # header, then 3 batches of 10 training episodes
