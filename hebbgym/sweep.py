@@ -15,8 +15,10 @@ A sweep is a YAML file::
 Each trial is an ordinary run directory (config, checkpoint, metrics), trained by
 :func:`hebbgym.train.loop.train`, so any trial can be watched or evaluated like a normal run.
 Running a sweep again resumes it: finished trials are skipped, interrupted ones continue
-from their last checkpoint. Ray is an optional extra (``pip install 'hebbgym[sweep]'``); on a
-cluster pass ``address`` and nothing else changes.
+from their last checkpoint; a trial whose directory holds a run with other settings (the
+file was edited since) is refused, so old and new settings never mix. Ray is an optional
+extra (``pip install 'hebbgym[sweep]'``); on a cluster pass ``address`` and nothing else
+changes.
 """
 
 from __future__ import annotations
@@ -33,7 +35,14 @@ import numpy as np
 
 from hebbgym.train.checkpoint import load_checkpoint
 from hebbgym.train.config import TrainConfig
-from hebbgym.train.loop import CHECKPOINT_FILE, RUN_FILES, metrics_table, train
+from hebbgym.train.loop import (
+    CHECKPOINT_FILE,
+    CONFIG_FILE,
+    RUN_FILES,
+    load_run_config,
+    metrics_table,
+    train,
+)
 from hebbgym.train.plots import plot_learning_curves
 
 INSTALL_HINT = "sweeps need Ray Tune and PyYAML: pip install 'hebbgym[sweep]'"
@@ -122,7 +131,27 @@ def _slug(value: Any) -> str:
     return re.sub(r"[^A-Za-z0-9_.]+", "_", text).strip("_")
 
 
+def check_saved_config(trial: Trial) -> None:
+    """Refuse a trial whose directory holds a run with other settings (say, the sweep file's
+    lr changed since): resuming would silently train on with the old ones and the report would
+    mix them. Only ``episodes`` may differ, to extend a sweep."""
+    if not (trial.run_dir / CONFIG_FILE).exists():
+        return
+    saved = load_run_config(trial.run_dir).to_dict()
+    wanted = trial.config.to_dict()
+    changed = [key for key in wanted if key != "episodes" and saved[key] != wanted[key]]
+    if changed:
+        differences = ", ".join(
+            f"{key}: {saved[key]!r} there, {wanted[key]!r} now" for key in changed
+        )
+        raise ValueError(
+            f"trial {trial.name}: {trial.run_dir} holds a run with other settings "
+            f"({differences}); move it away or give the sweep another name or out_dir"
+        )
+
+
 def is_finished(trial: Trial) -> bool:
+    check_saved_config(trial)
     path = trial.run_dir / CHECKPOINT_FILE
     return path.exists() and load_checkpoint(path).progress["batch"] >= trial.config.batches - 1
 

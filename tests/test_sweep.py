@@ -80,3 +80,20 @@ def test_two_trial_sweep_then_rerun_resumes_without_rerunning(sweep_file: Path) 
 
     again = run_sweep(sweep, cpus=2)
     assert again["ran"] == 0 and again["final_reward"] == result["final_reward"]
+
+
+def test_a_changed_sweep_file_is_refused_before_its_old_runs_are_touched(
+    sweep_file: Path,
+) -> None:
+    trial = SweepConfig.from_file(sweep_file).trials()[0]
+    run_trial(trial)
+    before = {path.name: path.read_bytes() for path in trial.run_dir.iterdir() if path.is_file()}
+    changed = write_tiny_sweep(
+        sweep_file, ["modulated", "rnn"], [1], episodes=24, checkpoint_every=2, lr=0.003
+    )
+    with pytest.raises(
+        ValueError, match=r"trial agent=modulated-seed=1: .*lr: 0\.01 there, 0\.003 now"
+    ):
+        run_sweep(SweepConfig.from_file(changed), cpus=1)
+    after = {path.name: path.read_bytes() for path in trial.run_dir.iterdir() if path.is_file()}
+    assert after == before
