@@ -20,6 +20,23 @@ def smooth(values: np.ndarray, window: int) -> np.ndarray:
     return (cumulative[end] - cumulative[start]) / (end - start)
 
 
+def seed_percentiles(
+    tables: Sequence[Mapping[str, np.ndarray]], window: int = 20
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Episodes, the 25/50/75th percentiles of smoothed reward over the runs (seeds) that
+    reached each point, and how many did. A run that stopped early (diverged) leaves the
+    others' curve whole instead of cutting every seed's at its length."""
+    tables = [table for table in tables if len(table["episode"])]
+    if not tables:
+        return np.zeros(0), np.zeros((3, 0)), np.zeros(0, int)
+    longest = max(tables, key=lambda table: len(table["episode"]))
+    padded = np.full((len(tables), len(longest["episode"])), np.nan)
+    for row, table in zip(padded, tables, strict=True):
+        row[: len(table["episode"])] = smooth(table["reward_mean"], window)
+    counts = np.sum(~np.isnan(padded), axis=0)
+    return longest["episode"], np.nanpercentile(padded, [25, 50, 75], axis=0), counts
+
+
 def plot_learning_curves(
     runs: Mapping[str, Sequence[str | Path]],
     out: str | Path,
@@ -40,13 +57,12 @@ def plot_learning_curves(
     figure, axis = plt.subplots(figsize=(7, 4.2), dpi=110)
     for label, run_dirs in runs.items():
         tables = [metrics_table(run_dir) for run_dir in run_dirs]
-        length = min(len(table["episode"]) for table in tables)
-        if length == 0:
+        episodes, (low, median, high), counts = seed_percentiles(tables, window)
+        if len(episodes) == 0:
             continue
-        episodes = tables[0]["episode"][:length]
-        curves = np.stack([smooth(table["reward_mean"][:length], window) for table in tables])
-        low, median, high = np.percentile(curves, [25, 50, 75], axis=0)
-        (line,) = axis.plot(episodes, median, label=f"{label} (n={len(tables)})")
+        stopped = int(np.sum(counts < len(tables)))
+        name = f"{label} (n={len(tables)}" + (", fewer later" if stopped else "") + ")"
+        (line,) = axis.plot(episodes, median, label=name)
         axis.fill_between(episodes, low, high, color=line.get_color(), alpha=0.2)
     for index, (name, value) in enumerate((references or {}).items()):
         axis.axhline(value, color="grey", linestyle=("--", ":", "-.")[index % 3], linewidth=1)
