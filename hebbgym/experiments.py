@@ -34,6 +34,11 @@ class Sb3Run:
     run_dir: Path
 
 
+def episode_length(env_id: str, env_kwargs: dict[str, Any]) -> int:
+    """Steps per episode of a task (all our tasks have a fixed length)."""
+    return gym.make(env_id, **env_kwargs).unwrapped.rules.episode_length
+
+
 def _sb3_model(algorithm: str, env_id: str, seed: int, env_kwargs: dict[str, Any]) -> Any:
     """An SB3 model with its library defaults, except RecurrentPPO's rollout.
 
@@ -52,7 +57,7 @@ def _sb3_model(algorithm: str, env_id: str, seed: int, env_kwargs: dict[str, Any
     if algorithm == "sb3-recurrent-ppo":
         from sb3_contrib import RecurrentPPO
 
-        envs, length = 30, gym.make(env_id, **env_kwargs).unwrapped.rules.episode_length
+        envs, length = 30, episode_length(env_id, env_kwargs)
         env = make_vec_env(env_id, n_envs=envs, seed=seed, env_kwargs=env_kwargs)
         return RecurrentPPO(
             "MlpLstmPolicy",
@@ -211,7 +216,7 @@ def reproduce(
     trials = sweep.trials()
     env_id = trials[0].config.env_id
     env_kwargs = trials[0].config.env_kwargs
-    length = gym.make(env_id, **env_kwargs).unwrapped.rules.episode_length
+    length = episode_length(env_id, env_kwargs)
     groups: dict[str, list[Path]] = {}
     finals: dict[str, list[float]] = {}
     greedy: dict[str, list[float]] = {}
