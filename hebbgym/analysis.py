@@ -170,9 +170,12 @@ def _pyplot():
 def plot_modulation_around_rewards(
     record: EpisodeRecord, out: str | Path, title: str, window: int = 8
 ) -> Path:
-    """Median and IQR of M(t) around reward events, with the same curve around random steps
-    of the same episodes as the control."""
+    """Median and IQR of M(t) around reward events, around punishments (negative rewards:
+    wrong answers, wall hits) where the task has them, and around random steps of the same
+    episodes as the control. Backpropamine's mechanism predicts the first two differ in sign
+    or size from the third, from offset +1."""
     offsets, events = reward_triggered_average(record.modulation, record.rewards, window)
+    _, punished = reward_triggered_average(record.modulation, -record.rewards, window)
     rng = np.random.default_rng(0)
     steps = record.rewards.shape[0]
     shuffled = record.rewards.copy()
@@ -181,7 +184,12 @@ def plot_modulation_around_rewards(
     _, control = reward_triggered_average(record.modulation, shuffled, window)
     plt = _pyplot()
     figure, axis = plt.subplots(figsize=(6, 3.6), dpi=110)
-    for label, rows in ((f"reward events (n={len(events)})", events), ("random steps", control)):
+    curves = (
+        (f"rewarded steps (n={len(events)})", events),
+        (f"punished steps (n={len(punished)})", punished),
+        ("random steps", control),
+    )
+    for label, rows in curves:
         if len(rows) == 0:
             continue
         low, median, high = np.percentile(rows, [25, 50, 75], axis=0)
