@@ -89,8 +89,10 @@ def train_sb3(
 
     env_kwargs = env_kwargs or {}
     evaluation = run_dir / EVALUATION_FILE
-    if evaluation.exists():
-        return json.loads(evaluation.read_text())
+    if evaluation.exists():  # reused only for the same budget and evaluation episodes
+        cached = json.loads(evaluation.read_text())
+        if cached["env_steps"] == env_steps and len(cached["returns"]) == evaluation_episodes:
+            return cached
     run_dir.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(1)
     start = time.perf_counter()
@@ -178,13 +180,20 @@ def rank_sum_p(a: np.ndarray, b: np.ndarray) -> float:
 
 def _evaluate_trial(trial: Trial, episodes: int) -> dict[str, Any]:
     """Held-out returns with sampled and greedy actions (each computed once, then cached in
-    the trial's ``evaluation.json``; an older file without greedy returns is completed)."""
+    the trial's ``evaluation.json``; an older file without greedy returns is completed). A
+    cache of another checkpoint (the run was extended or resumed since) or of another number
+    of episodes is computed again."""
     path = trial.run_dir / EVALUATION_FILE
     result = json.loads(path.read_text()) if path.exists() else {}
+    config, agent, progress = load_agent(trial.run_dir)
+    if result and (
+        result.get("episodes_trained") != int(progress["episodes"])
+        or len(result["returns"]) != episodes
+    ):
+        result = {}
     missing = [key for key in ("returns", "greedy_returns") if key not in result]
     if not missing:
         return result
-    config, agent, progress = load_agent(trial.run_dir)
     start = time.perf_counter()
     for key in missing:
         returns = evaluate_agent(config, agent, episodes, 10_000, greedy=key == "greedy_returns")

@@ -11,7 +11,7 @@ import pytest
 
 from hebbgym.experiments import EVALUATION_FILE, rank_sum_p, reproduce, train_sb3
 from hebbgym.pretrained import export_best_of_sweep
-from hebbgym.sweep import SweepConfig
+from hebbgym.sweep import SweepConfig, run_trial
 from hebbgym.train.checkpoint import load_checkpoint
 from tests.tiny_sweep import write_tiny_sweep
 
@@ -113,3 +113,30 @@ def test_recurrent_ppo_collects_whole_episodes_and_logs_them(tmp_path: Path) -> 
     assert all(0 <= r <= 10 for r in result["returns"])  # a bandit pays 0 or 1 per step
     rows = (tmp_path / "metrics.csv").read_text().splitlines()
     assert len(rows) == 1 + 3  # header, then 3 batches of 10 training episodes
+
+
+def test_an_evaluation_of_another_checkpoint_or_size_is_computed_again(tmp_path: Path) -> None:
+    def trained(episodes: int) -> Path:
+        sweep_file = write_tiny_sweep(tmp_path / "grow.yaml", ["modulated"], [0], episodes=episodes)
+        run_trial(SweepConfig.from_file(sweep_file).trials()[0])  # so reproduce needs no Ray
+        return sweep_file
+
+    sweep_file = trained(8)
+    cache = SweepConfig.from_file(sweep_file).trials()[0].run_dir / EVALUATION_FILE
+    reproduce(sweep_file, tmp_path / "report", 20, sb3=())
+    assert json.loads(cache.read_text())["episodes_trained"] == 8
+    sweep_file = trained(16)  # the run is extended: its old evaluation no longer holds
+    reproduce(sweep_file, tmp_path / "report", 20, sb3=())
+    result = json.loads(cache.read_text())
+    assert result["episodes_trained"] == 16 and len(result["greedy_returns"]) == 20
+    reproduce(sweep_file, tmp_path / "report", 12, sb3=())
+    assert len(json.loads(cache.read_text())["returns"]) == 12
+
+
+def test_an_sb3_result_of_another_budget_is_trained_again(tmp_path: Path) -> None:
+    kwargs = {"episode_length": 10}
+    first = train_sb3("sb3-a2c", "Hebb-ReversalBandit-v0", 160, 0, tmp_path, 10, kwargs)
+    assert train_sb3("sb3-a2c", "Hebb-ReversalBandit-v0", 160, 0, tmp_path, 10, kwargs) == first
+    second = train_sb3("sb3-a2c", "Hebb-ReversalBandit-v0", 320, 0, tmp_path, 10, kwargs)
+    assert second["env_steps"] == 320
+    assert json.loads((tmp_path / EVALUATION_FILE).read_text())["env_steps"] == 320
