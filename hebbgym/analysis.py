@@ -8,6 +8,9 @@ expects, as arrays (tested) and as PNG figures (matplotlib, headless).
   with the fixed weights ``W``, the learned coefficients ``alpha`` and the trace at the end of
   an episode, whose product ``alpha * Hebb`` is what the episode wrote into the network.
 
+* :func:`sensor_weights` and :func:`plot_sensor_weights`: for the conditioning tasks, each
+  sensor's weight on the fear response, split into what the fixed weights give and what the
+  episode's trace adds (BOHP's Figure 2);
 * :func:`conditioning_probe` and :func:`plot_conditioning_probe`: for the conditioning tasks,
   where the learned association lives. After the learning period, the network is shown the
   paired stimulus, the unpaired one, or the paired one with pain, from its state as it is or
@@ -27,6 +30,7 @@ import numpy as np
 import torch
 
 from hebbgym.agents.actor_critic import ActorCritic
+from hebbgym.agents.plastic import CoreState
 from hebbgym.train.config import TrainConfig
 from hebbgym.train.loop import make_env
 from hebbgym.train.rollout import to_env_actions
@@ -95,32 +99,43 @@ PROBES = ("paired stimulus", "unpaired stimulus", "paired stimulus + pain")
 STATES = ("as it is", "trace erased")
 
 
+def _after_learning_period(
+    config: TrainConfig, agent: ActorCritic, episodes: int, seed: int
+) -> tuple[np.ndarray, np.ndarray, CoreState, dict[str, slice]]:
+    """Play a conditioning task's learning period: the next observations, each episode's
+    paired stimulus, the core state reached and the observation layout."""
+    if not config.env_id.startswith("Hebb-Conditioning"):
+        raise ValueError(f"this analysis needs a conditioning task, got {config.env_id!r}")
+    env = make_env(config, episodes)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        obs, info = env.reset(seed=seed)
+        state = agent.initial_state(episodes)
+        for _ in range(env.unwrapped.rules.learning_period):
+            out, state = agent.step(torch.as_tensor(obs), state, generator)
+            obs, _, _, _, _ = env.step(to_env_actions(out.action, env.single_action_space))
+    layout = env.unwrapped.obs_layout
+    env.close()
+    return obs, np.asarray(info["task"]), state, layout
+
+
+def _trace_erased(state: CoreState) -> CoreState:
+    return state._replace(
+        hebb=torch.zeros_like(state.hebb), eligibility=torch.zeros_like(state.eligibility)
+    )
+
+
 def conditioning_probe(
     config: TrainConfig, agent: ActorCritic, episodes: int, seed: int = 10_000
 ) -> dict[str, dict[str, float]]:
     """Mean probability of the fear response to each of :data:`PROBES`, one step from the
     state the episodes reached at the end of their learning period, in each of :data:`STATES`
     (trace erased: ``Hebb`` and eligibility set to zero)."""
-    if not config.env_id.startswith("Hebb-Conditioning"):
-        raise ValueError(f"conditioning_probe needs a conditioning task, got {config.env_id!r}")
-    env = make_env(config, episodes)
-    layout = env.unwrapped.obs_layout
-    generator = torch.Generator().manual_seed(seed)
+    obs, paired, state, layout = _after_learning_period(config, agent, episodes, seed)
+    rows = np.arange(episodes)
+    states = {"as it is": state, "trace erased": _trace_erased(state)}
+    result: dict[str, dict[str, float]] = {}
     with torch.no_grad():
-        obs, info = env.reset(seed=seed)
-        paired = np.asarray(info["task"])
-        state = agent.initial_state(episodes)
-        for _ in range(env.unwrapped.rules.learning_period):
-            out, state = agent.step(torch.as_tensor(obs), state, generator)
-            obs, _, _, _, _ = env.step(to_env_actions(out.action, env.single_action_space))
-        rows = np.arange(episodes)
-        states = {
-            "as it is": state,
-            "trace erased": state._replace(
-                hebb=torch.zeros_like(state.hebb), eligibility=torch.zeros_like(state.eligibility)
-            ),
-        }
-        result: dict[str, dict[str, float]] = {}
         for probe in PROBES:
             probe_obs = np.array(obs, copy=True)
             stimuli = probe_obs[:, layout["stimuli"]]
@@ -133,8 +148,82 @@ def conditioning_probe(
                 h, _, _ = agent.core.step(torch.as_tensor(probe_obs), start)
                 p_fear = torch.softmax(agent.policy.logits(h), dim=-1)[:, 1]
                 result[probe][name] = float(p_fear.mean())
-    env.close()
     return result
+
+
+SENSORS = ("paired stimulus", "unpaired stimulus", "pain")
+PATHWAYS = ("fixed weights (trace erased)", "written by the episode (alpha * Hebb)")
+
+
+def sensor_weights(
+    config: TrainConfig, agent: ActorCritic, episodes: int, seed: int = 10_000
+) -> dict[str, dict[str, tuple[float, float]]]:
+    """Each sensor's weight on the fear response after the learning period, split into
+    :data:`PATHWAYS` (mean and standard deviation over episodes).
+
+    A sensor's weight is how much switching it on (alone) raises the fear-minus-calm logit one
+    step from the state the episode reached; the fixed part is that weight with the trace
+    erased, the plastic part what the trace adds to it. BOHP's network (its Figure 2) had
+    fixed and plastic weights on the sensors themselves; ours keeps plasticity in the
+    recurrent weights, so its sensors' plastic weights are measured through them.
+    """
+    if getattr(agent.core, "alpha", None) is None:
+        raise ValueError("this agent's core has no plasticity coefficients")
+    obs, paired, state, layout = _after_learning_period(config, agent, episodes, seed)
+    rows, stimuli = np.arange(episodes), layout["stimuli"].start
+    channels = {
+        "paired stimulus": stimuli + paired,
+        "unpaired stimulus": stimuli + 1 - paired,
+        "pain": np.full(episodes, layout["pain"].start),
+    }
+    silent = np.array(obs, copy=True)
+    silent[:, layout["stimuli"]] = 0.0
+    silent[:, layout["pain"]] = 0.0
+    starts = {"as it is": state, "trace erased": _trace_erased(state)}
+
+    def fear_logit(x: np.ndarray, start: CoreState) -> torch.Tensor:
+        h, _, _ = agent.core.step(torch.as_tensor(x), start)
+        logits = agent.policy.logits(h)
+        return logits[:, 1] - logits[:, 0]
+
+    result = {}
+    with torch.no_grad():
+        baseline = {name: fear_logit(silent, start) for name, start in starts.items()}
+        for sensor in SENSORS:
+            shown = silent.copy()
+            shown[rows, channels[sensor]] = 1.0
+            weight = {
+                name: fear_logit(shown, start) - baseline[name] for name, start in starts.items()
+            }
+            fixed = weight["trace erased"]
+            parts = (fixed, weight["as it is"] - fixed)
+            result[sensor] = {
+                name: (float(part.mean()), float(part.std()))
+                for name, part in zip(PATHWAYS, parts, strict=True)
+            }
+    return result
+
+
+def plot_sensor_weights(
+    weights: dict[str, dict[str, tuple[float, float]]], out: str | Path, title: str
+) -> Path:
+    """Grouped bars of :func:`sensor_weights` (error bars: standard deviation over episodes)."""
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(6.5, 3.6), dpi=110)
+    width = 0.8 / len(PATHWAYS)
+    for k, name in enumerate(PATHWAYS):
+        means = [weights[sensor][name][0] for sensor in SENSORS]
+        spreads = [weights[sensor][name][1] for sensor in SENSORS]
+        offset = (k - (len(PATHWAYS) - 1) / 2) * width
+        axis.bar(np.arange(len(SENSORS)) + offset, means, width, yerr=spreads, label=name)
+    axis.axhline(0, color="grey", linewidth=1)
+    axis.set_xticks(np.arange(len(SENSORS)), SENSORS, fontsize=8)
+    axis.set_ylabel("weight on fear (logit per unit input)")
+    axis.set_title(title, fontsize=9)
+    axis.legend(fontsize=8)
+    axis.grid(alpha=0.3, axis="y")
+    figure.tight_layout()
+    return _save(figure, out, plt)
 
 
 def plot_conditioning_probe(

@@ -4,7 +4,7 @@
     python scripts/analyse_agent.py --run-dir runs/my-run [--episodes 100]
 
 Writes <name>_modulation.png (agents with a neuromodulator), <name>_plasticity.png and, on
-the conditioning tasks, <name>_probe.png.
+the conditioning tasks, <name>_probe.png and <name>_sensors.png.
 """
 
 from __future__ import annotations
@@ -17,7 +17,9 @@ from hebbgym.analysis import (
     plot_conditioning_probe,
     plot_modulation_around_rewards,
     plot_plasticity,
+    plot_sensor_weights,
     record_episodes,
+    sensor_weights,
 )
 from hebbgym.pretrained import pretrained_dir
 from hebbgym.train.loop import load_agent
@@ -45,6 +47,9 @@ def main() -> None:
         probe = conditioning_probe(config, agent, args.episodes)
         out = args.out_dir / f"{name}_probe.png"
         print(plot_conditioning_probe(probe, out, f"After the learning period ({label})"))
+        weights = sensor_weights(config, agent, args.episodes)
+        out = args.out_dir / f"{name}_sensors.png"
+        print(plot_sensor_weights(weights, out, f"Sensor weights on fear ({label})"))
 
 
 if __name__ == "__main__":

@@ -10,13 +10,17 @@ import torch
 
 from hebbgym.agents.actor_critic import build_agent
 from hebbgym.analysis import (
+    PATHWAYS,
     PROBES,
+    SENSORS,
     EpisodeRecord,
     conditioning_probe,
     plot_modulation_around_rewards,
     plot_plasticity,
+    plot_sensor_weights,
     record_episodes,
     reward_triggered_average,
+    sensor_weights,
 )
 from hebbgym.train.config import TrainConfig
 from hebbgym.train.evaluate import evaluate_agent
@@ -101,3 +105,32 @@ def test_conditioning_probe_erases_only_the_trace_and_refuses_other_tasks() -> N
     assert plastic["as it is"] != plastic["trace erased"]
     with pytest.raises(ValueError, match="conditioning task"):
         conditioning_probe(MAZE, _agent(), 4)
+
+
+def test_sensor_weights_split_each_sensor_into_its_fixed_and_plastic_parts(tmp_path) -> None:
+    config = TrainConfig(env_id="Hebb-Conditioning-v0", env_kwargs={"learning_period": 5})
+    env = gym.make("Hebb-Conditioning-v0")
+    torch.manual_seed(0)
+    agent = build_agent(
+        "modulated", env.observation_space.shape[0], env.action_space, 8, match_baselines=False
+    )
+    fixed, plastic = PATHWAYS
+    with torch.no_grad():
+        agent.core.alpha.zero_()
+    untraced = sensor_weights(config, agent, 40, seed=3)
+    assert all(untraced[sensor][plastic] == (0.0, 0.0) for sensor in SENSORS)
+    assert all(abs(untraced[sensor][fixed][0]) > 1e-4 for sensor in SENSORS)
+    with torch.no_grad():
+        agent.core.alpha.fill_(2.0)  # a trace that matters
+    weights = sensor_weights(config, agent, 40, seed=3)
+    for sensor in SENSORS:
+        assert (
+            weights[sensor][fixed] != untraced[sensor][fixed]
+        )  # the trace also shaped the state reached
+        assert abs(weights[sensor][plastic][0]) > 1e-4 and weights[sensor][plastic][1] > 0
+    image = plot_sensor_weights(weights, tmp_path / "s.png", "sensors")
+    assert iio.imread(image).shape[:2] == (396, 715)
+    with pytest.raises(ValueError, match="no plasticity"):
+        sensor_weights(config, _agent("rnn"), 4)
+    with pytest.raises(ValueError, match="conditioning task"):
+        sensor_weights(MAZE, _agent(), 4)
