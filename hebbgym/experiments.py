@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 import json
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,13 +24,6 @@ from hebbgym.train.plots import plot_learning_curves
 
 SB3_ALGORITHMS = ("sb3-a2c", "sb3-recurrent-ppo")
 EVALUATION_FILE = "evaluation.json"
-
-
-@dataclass(frozen=True)
-class Sb3Run:
-    algorithm: str
-    seed: int
-    run_dir: Path
 
 
 def episode_length(env_id: str, env_kwargs: dict[str, Any]) -> int:
