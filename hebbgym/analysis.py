@@ -208,38 +208,54 @@ def plot_sensor_weights(
     weights: dict[str, dict[str, tuple[float, float]]], out: str | Path, title: str
 ) -> Path:
     """Grouped bars of :func:`sensor_weights` (error bars: standard deviation over episodes)."""
-    plt = _pyplot()
-    figure, axis = plt.subplots(figsize=(6.5, 3.6), dpi=110)
-    width = 0.8 / len(PATHWAYS)
-    for k, name in enumerate(PATHWAYS):
-        means = [weights[sensor][name][0] for sensor in SENSORS]
-        spreads = [weights[sensor][name][1] for sensor in SENSORS]
-        offset = (k - (len(PATHWAYS) - 1) / 2) * width
-        axis.bar(np.arange(len(SENSORS)) + offset, means, width, yerr=spreads, label=name)
-    axis.axhline(0, color="grey", linewidth=1)
-    axis.set_xticks(np.arange(len(SENSORS)), SENSORS, fontsize=8)
-    axis.set_ylabel("weight on fear (logit per unit input)")
-    axis.set_title(title, fontsize=9)
-    axis.legend(fontsize=8)
-    axis.grid(alpha=0.3, axis="y")
-    figure.tight_layout()
-    return _save(figure, out, plt)
+    return _grouped_bars(
+        SENSORS,
+        {name: [weights[sensor][name][0] for sensor in SENSORS] for name in PATHWAYS},
+        out,
+        title,
+        "weight on fear (logit per unit input)",
+        errors={name: [weights[sensor][name][1] for sensor in SENSORS] for name in PATHWAYS},
+    )
 
 
 def plot_conditioning_probe(
     probe: dict[str, dict[str, float]], out: str | Path, title: str
 ) -> Path:
     """Grouped bars of :func:`conditioning_probe`'s fear probabilities."""
+    return _grouped_bars(
+        PROBES,
+        {f"state {name}": [probe[p][name] for p in PROBES] for name in STATES},
+        out,
+        title,
+        "P(fear response)",
+        ylim=(0, 1),
+    )
+
+
+def _grouped_bars(
+    categories: tuple[str, ...],
+    series: dict[str, list[float]],
+    out: str | Path,
+    title: str,
+    ylabel: str,
+    errors: dict[str, list[float]] | None = None,
+    ylim: tuple[float, float] | None = None,
+) -> Path:
+    """One group of bars per category, one bar per series (with ``errors`` as error bars);
+    a zero line where the values change sign."""
     plt = _pyplot()
     figure, axis = plt.subplots(figsize=(6.5, 3.6), dpi=110)
-    width = 0.8 / len(STATES)
-    for k, name in enumerate(STATES):
-        values = [probe[p][name] for p in PROBES]
-        offset = (k - (len(STATES) - 1) / 2) * width
-        axis.bar(np.arange(len(PROBES)) + offset, values, width, label=f"state {name}")
-    axis.set_xticks(np.arange(len(PROBES)), PROBES, fontsize=8)
-    axis.set_ylim(0, 1)
-    axis.set_ylabel("P(fear response)")
+    width = 0.8 / len(series)
+    for k, (name, values) in enumerate(series.items()):
+        offset = (k - (len(series) - 1) / 2) * width
+        spread = None if errors is None else errors[name]
+        axis.bar(np.arange(len(categories)) + offset, values, width, yerr=spread, label=name)
+    if min(min(values) for values in series.values()) < 0:
+        axis.axhline(0, color="grey", linewidth=1)
+    axis.set_xticks(np.arange(len(categories)), categories, fontsize=8)
+    if ylim is not None:
+        axis.set_ylim(*ylim)
+    axis.set_ylabel(ylabel)
     axis.set_title(title, fontsize=9)
     axis.legend(fontsize=8)
     axis.grid(alpha=0.3, axis="y")
