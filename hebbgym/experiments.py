@@ -7,158 +7,25 @@ The recipes in ``scripts/reproduce_*.py`` call :func:`reproduce` with a sweep fi
 
 from __future__ import annotations
 
-import csv
 import json
 import time
 from pathlib import Path
 from typing import Any
 
-import gymnasium as gym
 import numpy as np
 
 from hebbgym.agents.references import REFERENCE_POLICIES, evaluate_reference
 from hebbgym.sweep import SweepConfig, Trial, run_sweep
 from hebbgym.train.evaluate import evaluate_agent
-from hebbgym.train.loop import METRICS_COLUMNS, load_agent
+from hebbgym.train.loop import load_agent
 from hebbgym.train.plots import plot_learning_curves
-
-SB3_ALGORITHMS = ("sb3-a2c", "sb3-recurrent-ppo")
-EVALUATION_FILE = "evaluation.json"
-
-
-def episode_length(env_id: str, env_kwargs: dict[str, Any]) -> int:
-    """Steps per episode of a task (all our tasks have a fixed length)."""
-    return gym.make(env_id, **env_kwargs).unwrapped.rules.episode_length
-
-
-def _sb3_model(algorithm: str, env_id: str, seed: int, env_kwargs: dict[str, Any]) -> Any:
-    """An SB3 model with its library defaults, except RecurrentPPO's rollout.
-
-    RecurrentPPO's default (8 envs x 128 steps, minibatches of 128, 10 epochs) trains at about
-    150 env-steps/s on one core here, 22 hours for the maze's budget. Like our A2C it collects
-    one whole episode in each of 30 envs per update and takes 4 epochs of two minibatches,
-    which runs about 15 times faster (2.2k env-steps/s on the conditioning task).
-    """
-    from stable_baselines3.common.env_util import make_vec_env
-
-    if algorithm == "sb3-a2c":
-        from stable_baselines3 import A2C
-
-        env = make_vec_env(env_id, n_envs=8, seed=seed, env_kwargs=env_kwargs)
-        return A2C("MlpPolicy", env, seed=seed, device="cpu", verbose=0)
-    if algorithm == "sb3-recurrent-ppo":
-        from sb3_contrib import RecurrentPPO
-
-        envs, length = 30, episode_length(env_id, env_kwargs)
-        env = make_vec_env(env_id, n_envs=envs, seed=seed, env_kwargs=env_kwargs)
-        return RecurrentPPO(
-            "MlpLstmPolicy",
-            env,
-            n_steps=length,
-            batch_size=envs * length // 2,
-            n_epochs=4,
-            seed=seed,
-            device="cpu",
-            verbose=0,
-        )
-    raise ValueError(f"unknown SB3 algorithm {algorithm!r}; known: {list(SB3_ALGORITHMS)}")
-
-
-def train_sb3(
-    algorithm: str,
-    env_id: str,
-    env_steps: int,
-    seed: int,
-    run_dir: Path,
-    evaluation_episodes: int,
-    env_kwargs: dict[str, Any] | None = None,
-    batch_episodes: int = 30,
-) -> dict[str, Any]:
-    """Train an SB3 agent for ``env_steps`` steps, log its training returns as a
-    ``metrics.csv`` comparable with ours, and evaluate it on the evaluation episodes, with
-    sampled and with greedy (deterministic) actions."""
-    import torch
-
-    env_kwargs = env_kwargs or {}
-    evaluation = run_dir / EVALUATION_FILE
-    if evaluation.exists():  # reused only for the same budget and evaluation episodes
-        cached = json.loads(evaluation.read_text())
-        if cached["env_steps"] == env_steps and len(cached["returns"]) == evaluation_episodes:
-            return cached
-    run_dir.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(1)
-    start = time.perf_counter()
-    model = _sb3_model(algorithm, env_id, seed, env_kwargs)
-    model.learn(total_timesteps=env_steps)
-    seconds = time.perf_counter() - start
-    episode_returns = _monitor_returns(model.get_env())
-    _write_sb3_metrics(run_dir, episode_returns, batch_episodes, seconds)
-    result = {"seconds": seconds, "env_steps": env_steps}
-    for key, greedy in (("returns", False), ("greedy_returns", True)):
-        returns = evaluate_sb3(model, env_id, evaluation_episodes, 10_000, env_kwargs, greedy)
-        result[key] = returns.tolist()
-    evaluation.write_text(json.dumps(result))
-    return result
-
-
-def _monitor_returns(env: Any) -> np.ndarray:
-    """Training episode returns of all sub-envs, in the order the episodes ended."""
-    rewards = env.env_method("get_episode_rewards")
-    times = env.env_method("get_episode_times")
-    pairs = sorted(
-        (t, r) for rs, ts in zip(rewards, times, strict=True) for r, t in zip(rs, ts, strict=True)
-    )
-    return np.array([r for _, r in pairs], dtype=np.float64)
-
-
-def _write_sb3_metrics(run_dir: Path, returns: np.ndarray, batch: int, seconds: float) -> None:
-    rows = []
-    for index in range(len(returns) // batch):
-        chunk = returns[index * batch : (index + 1) * batch]
-        row = dict.fromkeys(METRICS_COLUMNS, float("nan"))
-        row.update(
-            episode=(index + 1) * batch,
-            batch=index,
-            reward_mean=float(chunk.mean()),
-            reward_std=float(chunk.std()),
-            seconds=seconds * (index + 1) * batch / max(len(returns), 1),
-        )
-        rows.append(row)
-    with open(run_dir / "metrics.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=METRICS_COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
-
-
-def evaluate_sb3(
-    model: Any,
-    env_id: str,
-    episodes: int,
-    seed: int,
-    env_kwargs: dict[str, Any],
-    greedy: bool = False,
-    batch: int = 100,
-) -> np.ndarray:
-    """SB3 agent returns on the same episodes (seeds) as :func:`evaluate_agent` uses."""
-    batch = min(batch, episodes)
-    env = gym.make_vec(
-        env_id, num_envs=batch, vectorization_mode="vector_entry_point", **env_kwargs
-    )
-    returns = []
-    for index in range(-(-episodes // batch)):
-        obs, _ = env.reset(seed=seed + index * batch)
-        states, starts = None, np.ones(batch, dtype=bool)
-        total = np.zeros(batch)
-        for _ in range(env.unwrapped.batch.length):
-            actions, states = model.predict(
-                obs, state=states, episode_start=starts, deterministic=greedy
-            )
-            obs, reward, _, _, _ = env.step(actions)
-            starts[:] = False
-            total += reward
-        returns.append(total)
-    env.close()
-    return np.concatenate(returns)[:episodes]
+from hebbgym.train.sb3_baselines import (
+    EVALUATION_FILE,
+    EVALUATION_SEED,
+    SB3_ALGORITHMS,
+    episode_length,
+    train_sb3,
+)
 
 
 def rank_sum_p(a: np.ndarray, b: np.ndarray) -> float:
@@ -188,7 +55,9 @@ def _evaluate_trial(trial: Trial, episodes: int) -> dict[str, Any]:
         return result
     start = time.perf_counter()
     for key in missing:
-        returns = evaluate_agent(config, agent, episodes, 10_000, greedy=key == "greedy_returns")
+        returns = evaluate_agent(
+            config, agent, episodes, EVALUATION_SEED, greedy=key == "greedy_returns"
+        )
         result[key] = returns.tolist()
     result.update(
         seconds=float(progress["seconds"]),
@@ -243,7 +112,9 @@ def reproduce(
                 seconds.setdefault(algorithm, []).append(result["seconds"])
     references = {
         name: float(
-            evaluate_reference(env_id, name, evaluation_episodes, 10_000, **env_kwargs).mean()
+            evaluate_reference(
+                env_id, name, evaluation_episodes, EVALUATION_SEED, **env_kwargs
+            ).mean()
         )
         for name in REFERENCE_POLICIES[env_id]
     }

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hebbgym.experiments import EVALUATION_FILE, rank_sum_p, reproduce, train_sb3
+from hebbgym.experiments import EVALUATION_FILE, rank_sum_p, reproduce
 from hebbgym.pretrained import export_best_of_sweep
 from hebbgym.sweep import SweepConfig, run_trial
 from hebbgym.train.checkpoint import load_checkpoint
@@ -96,25 +96,6 @@ def test_unknown_baseline_is_refused(report) -> None:
         reproduce(report[0], report[1].parent, 40, sb3=("sb3-dqn",))
 
 
-def test_recurrent_ppo_collects_whole_episodes_and_logs_them(tmp_path: Path) -> None:
-    # Its rollout is 30 envs x one 10-step episode, so 300 steps give exactly 30 episodes.
-    result = train_sb3(
-        "sb3-recurrent-ppo",
-        "Hebb-ReversalBandit-v0",
-        300,
-        0,
-        tmp_path,
-        20,
-        {"episode_length": 10},
-        batch_episodes=10,
-    )
-    assert result["env_steps"] == 300
-    assert len(result["returns"]) == len(result["greedy_returns"]) == 20
-    assert all(0 <= r <= 10 for r in result["returns"])  # a bandit pays 0 or 1 per step
-    rows = (tmp_path / "metrics.csv").read_text().splitlines()
-    assert len(rows) == 1 + 3  # header, then 3 batches of 10 training episodes
-
-
 def test_an_evaluation_of_another_checkpoint_or_size_is_computed_again(tmp_path: Path) -> None:
     def trained(episodes: int) -> Path:
         sweep_file = write_tiny_sweep(tmp_path / "grow.yaml", ["modulated"], [0], episodes=episodes)
@@ -131,12 +112,3 @@ def test_an_evaluation_of_another_checkpoint_or_size_is_computed_again(tmp_path:
     assert result["episodes_trained"] == 16 and len(result["greedy_returns"]) == 20
     reproduce(sweep_file, tmp_path / "report", 12, sb3=())
     assert len(json.loads(cache.read_text())["returns"]) == 12
-
-
-def test_an_sb3_result_of_another_budget_is_trained_again(tmp_path: Path) -> None:
-    kwargs = {"episode_length": 10}
-    first = train_sb3("sb3-a2c", "Hebb-ReversalBandit-v0", 160, 0, tmp_path, 10, kwargs)
-    assert train_sb3("sb3-a2c", "Hebb-ReversalBandit-v0", 160, 0, tmp_path, 10, kwargs) == first
-    second = train_sb3("sb3-a2c", "Hebb-ReversalBandit-v0", 320, 0, tmp_path, 10, kwargs)
-    assert second["env_steps"] == 320
-    assert json.loads((tmp_path / EVALUATION_FILE).read_text())["env_steps"] == 320

@@ -1,0 +1,265 @@
+"""stable-baselines3 baselines on our env ids: a model per algorithm, resumable training in
+checkpointed chunks, a ``metrics.csv`` comparable with our runs, and evaluation on the same
+held-out episodes as our agents.
+
+An SB3 run directory holds ``sb3_progress.json`` (what the run is, how far it got, its
+training returns) and the model it names, both written atomically after every chunk, so a run
+killed at any point resumes from its last chunk. A resumed run draws fresh training episodes
+(its environments are seeded anew), so unlike our own runs it is not bit-identical to an
+uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+from hebbgym.train.checkpoint import atomic_write_bytes
+from hebbgym.train.loop import METRICS_COLUMNS
+
+SB3_ALGORITHMS = ("sb3-a2c", "sb3-recurrent-ppo")
+EVALUATION_FILE = "evaluation.json"
+PROGRESS_FILE = "sb3_progress.json"
+EVALUATION_SEED = 10_000  # the held-out episodes every agent of the report is evaluated on
+RESUME_SEED_STRIDE = 100_000  # a resumed run's training seeds stay clear of those episodes
+IDENTITY_KEYS = ("algorithm", "env_id", "seed", "env_kwargs")
+
+
+def episode_length(env_id: str, env_kwargs: dict[str, Any]) -> int:
+    """Steps per episode of a task (all our tasks have a fixed length)."""
+    return gym.make(env_id, **env_kwargs).unwrapped.rules.episode_length
+
+
+def _algorithm_class(algorithm: str) -> Any:
+    if algorithm == "sb3-a2c":
+        from stable_baselines3 import A2C
+
+        return A2C
+    if algorithm == "sb3-recurrent-ppo":
+        from sb3_contrib import RecurrentPPO
+
+        return RecurrentPPO
+    raise ValueError(f"unknown SB3 algorithm {algorithm!r}; known: {list(SB3_ALGORITHMS)}")
+
+
+def _training_envs(algorithm: str, env_id: str, seed: int, env_kwargs: dict[str, Any]) -> Any:
+    from stable_baselines3.common.env_util import make_vec_env
+
+    envs = 8 if algorithm == "sb3-a2c" else 30
+    return make_vec_env(env_id, n_envs=envs, seed=seed, env_kwargs=env_kwargs)
+
+
+def _sb3_model(algorithm: str, env: Any, seed: int) -> Any:
+    """An SB3 model with its library defaults, except RecurrentPPO's rollout.
+
+    RecurrentPPO's default (8 envs x 128 steps, minibatches of 128, 10 epochs) trains at about
+    150 env-steps/s on one core here, 22 hours for the maze's budget. Like our A2C it collects
+    one whole episode in each of 30 envs per update and takes 4 epochs of two minibatches,
+    which runs about 15 times faster (2.2k env-steps/s on the conditioning task).
+    """
+    model_class = _algorithm_class(algorithm)
+    if algorithm == "sb3-a2c":
+        return model_class("MlpPolicy", env, seed=seed, device="cpu", verbose=0)
+    length = env.get_attr("unwrapped")[0].rules.episode_length
+    return model_class(
+        "MlpLstmPolicy",
+        env,
+        n_steps=length,
+        batch_size=env.num_envs * length // 2,
+        n_epochs=4,
+        seed=seed,
+        device="cpu",
+        verbose=0,
+    )
+
+
+def _chunk_steps(model: Any, env_steps: int, checkpoints: int, length: int) -> int:
+    """Steps between checkpoints: about ``env_steps / checkpoints``, rounded up to whole
+    rollouts that end every sub-env's episode, so a resumed run loses no half episode."""
+    aligned = math.lcm(model.n_envs * model.n_steps, model.n_envs * length)
+    return max(1, math.ceil(env_steps / checkpoints / aligned)) * aligned
+
+
+def _load_progress(run_dir: Path, identity: dict[str, Any], env_steps: int) -> dict[str, Any]:
+    """The run's progress so far (a fresh one if none); refuses a run of other settings or
+    one that has already trained past ``env_steps``, before anything is overwritten."""
+    path = run_dir / PROGRESS_FILE
+    if not path.exists():
+        return {**identity, "env_steps_done": 0, "seconds": 0.0, "resumes": 0, "returns": []}
+    try:
+        progress = json.loads(path.read_text())
+        saved = {key: progress[key] for key in IDENTITY_KEYS}
+        int(progress["env_steps_done"]), progress["model"], list(progress["returns"])
+    except (ValueError, KeyError, TypeError) as error:
+        raise ValueError(f"{path} is not an SB3 progress file we can read ({error!r})") from error
+    differing = {
+        key: (saved[key], identity[key]) for key in IDENTITY_KEYS if saved[key] != identity[key]
+    }
+    if differing:
+        details = ", ".join(
+            f"{key}: saved {old!r}, asked {new!r}" for key, (old, new) in differing.items()
+        )
+        raise ValueError(
+            f"{run_dir} holds an SB3 run with other settings ({details}); use another directory"
+        )
+    if progress["env_steps_done"] > env_steps:
+        raise ValueError(
+            f"{run_dir} has trained {progress['env_steps_done']} env steps, more than the "
+            f"budget of {env_steps}; use another directory"
+        )
+    return progress
+
+
+def _save_progress(run_dir: Path, model: Any, progress: dict[str, Any]) -> None:
+    """The model under a name of its own, then the progress that names it, then the older
+    model goes: a kill at any point leaves a progress file whose model exists."""
+    previous = progress.get("model")
+    name = f"sb3_model-{progress['env_steps_done']}.zip"
+    buffer = io.BytesIO()
+    model.save(buffer)
+    atomic_write_bytes(run_dir / name, buffer.getvalue())
+    progress["model"] = name
+    atomic_write_bytes(run_dir / PROGRESS_FILE, json.dumps(progress).encode())
+    if previous and previous != name:
+        (run_dir / previous).unlink(missing_ok=True)
+
+
+def train_sb3(
+    algorithm: str,
+    env_id: str,
+    env_steps: int,
+    seed: int,
+    run_dir: Path,
+    evaluation_episodes: int,
+    env_kwargs: dict[str, Any] | None = None,
+    batch_episodes: int = 30,
+    checkpoints: int = 20,
+) -> dict[str, Any]:
+    """Train (or resume) an SB3 agent to ``env_steps`` steps, checkpointing ``checkpoints``
+    times on the way, log its training returns as a ``metrics.csv`` comparable with ours, and
+    evaluate it on the held-out episodes with sampled and with greedy actions."""
+    import torch
+
+    env_kwargs = env_kwargs or {}
+    _algorithm_class(algorithm)  # an unknown algorithm is refused before anything is written
+    evaluation = run_dir / EVALUATION_FILE
+    if evaluation.exists():  # reused only for the same budget and evaluation episodes
+        cached = json.loads(evaluation.read_text())
+        if cached["env_steps"] == env_steps and len(cached["returns"]) == evaluation_episodes:
+            return cached
+    identity = {"algorithm": algorithm, "env_id": env_id, "seed": seed, "env_kwargs": env_kwargs}
+    progress = _load_progress(run_dir, identity, env_steps)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(1)
+    model = _resume_or_create(algorithm, env_id, seed, env_kwargs, run_dir, progress)
+    chunk = _chunk_steps(model, env_steps, checkpoints, episode_length(env_id, env_kwargs))
+    earlier_returns = list(progress["returns"])  # episodes of the runs before this resume
+    while progress["env_steps_done"] < env_steps:
+        start = time.perf_counter()
+        model.learn(min(chunk, env_steps - progress["env_steps_done"]), reset_num_timesteps=False)
+        progress["env_steps_done"] = int(model.num_timesteps)
+        progress["seconds"] += time.perf_counter() - start
+        progress["returns"] = earlier_returns + _monitor_returns(model.get_env()).tolist()
+        _save_progress(run_dir, model, progress)
+        _write_sb3_metrics(
+            run_dir, np.array(progress["returns"]), batch_episodes, progress["seconds"]
+        )
+    result = {"seconds": progress["seconds"], "env_steps": progress["env_steps_done"]}
+    for key, greedy in (("returns", False), ("greedy_returns", True)):
+        returns = evaluate_sb3(
+            model, env_id, evaluation_episodes, EVALUATION_SEED, env_kwargs, greedy
+        )
+        result[key] = returns.tolist()
+    evaluation.write_text(json.dumps(result))
+    return result
+
+
+def _resume_or_create(
+    algorithm: str,
+    env_id: str,
+    seed: int,
+    env_kwargs: dict[str, Any],
+    run_dir: Path,
+    progress: dict[str, Any],
+) -> Any:
+    """A new model, or the checkpointed one on freshly seeded environments."""
+    if not progress["env_steps_done"]:
+        return _sb3_model(algorithm, _training_envs(algorithm, env_id, seed, env_kwargs), seed)
+    progress["resumes"] += 1
+    env = _training_envs(
+        algorithm, env_id, seed + RESUME_SEED_STRIDE * progress["resumes"], env_kwargs
+    )
+    path = run_dir / progress["model"]
+    try:
+        return _algorithm_class(algorithm).load(path, env=env, device="cpu")
+    except Exception as error:  # a damaged zip surfaces as one of several library errors
+        raise ValueError(f"{path} is not a readable {algorithm} checkpoint ({error!r})") from error
+
+
+def _monitor_returns(env: Any) -> np.ndarray:
+    """Training episode returns of all sub-envs, in the order the episodes ended."""
+    rewards = env.env_method("get_episode_rewards")
+    times = env.env_method("get_episode_times")
+    pairs = sorted(
+        (t, r) for rs, ts in zip(rewards, times, strict=True) for r, t in zip(rs, ts, strict=True)
+    )
+    return np.array([r for _, r in pairs], dtype=np.float64)
+
+
+def _write_sb3_metrics(run_dir: Path, returns: np.ndarray, batch: int, seconds: float) -> None:
+    rows = []
+    for index in range(len(returns) // batch):
+        chunk = returns[index * batch : (index + 1) * batch]
+        row = dict.fromkeys(METRICS_COLUMNS, float("nan"))
+        row.update(
+            episode=(index + 1) * batch,
+            batch=index,
+            reward_mean=float(chunk.mean()),
+            reward_std=float(chunk.std()),
+            seconds=seconds * (index + 1) * batch / max(len(returns), 1),
+        )
+        rows.append(row)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=METRICS_COLUMNS)
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_bytes(run_dir / "metrics.csv", buffer.getvalue().encode())
+
+
+def evaluate_sb3(
+    model: Any,
+    env_id: str,
+    episodes: int,
+    seed: int,
+    env_kwargs: dict[str, Any],
+    greedy: bool = False,
+    batch: int = 100,
+) -> np.ndarray:
+    """SB3 agent returns on the same episodes (seeds) as :func:`evaluate_agent` uses."""
+    batch = min(batch, episodes)
+    env = gym.make_vec(
+        env_id, num_envs=batch, vectorization_mode="vector_entry_point", **env_kwargs
+    )
+    returns = []
+    for index in range(-(-episodes // batch)):
+        obs, _ = env.reset(seed=seed + index * batch)
+        states, starts = None, np.ones(batch, dtype=bool)
+        total = np.zeros(batch)
+        for _ in range(env.unwrapped.batch.length):
+            actions, states = model.predict(
+                obs, state=states, episode_start=starts, deterministic=greedy
+            )
+            obs, reward, _, _, _ = env.step(actions)
+            starts[:] = False
+            total += reward
+        returns.append(total)
+    env.close()
+    return np.concatenate(returns)[:episodes]
