@@ -103,6 +103,46 @@ class ConditioningOracle:
         return target[:, None].astype(np.float32) if self.continuous else target
 
 
+class ConditioningIdealObserver:
+    """The Bayes-optimal learner: fear when the posterior probability that the paired
+    stimulus is on now exceeds one half.
+
+    Only what the agent sees is used. Under "stimulus k is paired", a step with pain but k
+    off is impossible and a step with k on and no pain has likelihood ``1 - pain_prob``, so
+    the posterior needs two counts per stimulus. With ``memory=False`` it judges each step
+    alone: the best any memoryless policy can do, the level a network that learns nothing
+    within the episode settles on. In the continuous form it answers the probability itself,
+    which minimises the expected squared error.
+    """
+
+    def __init__(self, env: HebbVectorEnv, seed: int | None = None, memory: bool = True) -> None:
+        self.stimuli, self.pain = env.obs_layout["stimuli"], env.obs_layout["pain"]
+        self.continuous = isinstance(env.single_action_space, spaces.Box)
+        self.log_calm = np.log1p(-env.rules.pain_prob)  # log P(no pain | paired stimulus on)
+        self.memory = memory
+        self.impossible = np.zeros((env.num_envs, 2), dtype=bool)
+        self.calm_steps = np.zeros((env.num_envs, 2))
+
+    def reset(self) -> None:
+        self.impossible[:] = False
+        self.calm_steps[:] = 0.0
+
+    def act(self, obs: np.ndarray, info: dict[str, Any]) -> np.ndarray:
+        if not self.memory:
+            self.reset()
+        stimuli = obs[:, self.stimuli] > 0.5
+        pain = obs[:, self.pain.start] > 0.5
+        self.impossible |= pain[:, None] & ~stimuli
+        self.calm_steps += ~pain[:, None] & stimuli
+        log_likelihood = np.where(self.impossible, -np.inf, self.calm_steps * self.log_calm)
+        posterior = np.exp(log_likelihood - log_likelihood.max(axis=1, keepdims=True))
+        posterior /= posterior.sum(axis=1, keepdims=True)
+        fear_probability = (posterior * stimuli).sum(axis=1)
+        if self.continuous:
+            return fear_probability[:, None].astype(np.float32)
+        return (fear_probability > 0.5).astype(np.int64)
+
+
 class CueRewardOracle:
     """Knows the target cue; answers 1 at a go step if it was shown since the last go."""
 
@@ -202,9 +242,15 @@ class WinStayLoseShift(_BanditLearner):
 
 PolicyFactory = Callable[[HebbVectorEnv, int | None], Policy]
 
+CONDITIONING_REFERENCES: dict[str, PolicyFactory] = {
+    "random": RandomPolicy,
+    "oracle": ConditioningOracle,
+    "ideal-observer": ConditioningIdealObserver,
+    "memoryless": lambda env, seed: ConditioningIdealObserver(env, seed, memory=False),
+}
 REFERENCE_POLICIES: dict[str, dict[str, PolicyFactory]] = {
-    "Hebb-Conditioning-v0": {"random": RandomPolicy, "oracle": ConditioningOracle},
-    "Hebb-ConditioningIndependent-v0": {"random": RandomPolicy, "oracle": ConditioningOracle},
+    "Hebb-Conditioning-v0": CONDITIONING_REFERENCES,
+    "Hebb-ConditioningIndependent-v0": CONDITIONING_REFERENCES,
     "Hebb-Maze-v0": {"random": RandomPolicy, "oracle": MazeOracle},
     "Hebb-ReversalBandit-v0": {
         "random": RandomPolicy,

@@ -11,6 +11,7 @@ import pytest
 import hebbgym
 from hebbgym.agents.references import (
     REFERENCE_POLICIES,
+    ConditioningIdealObserver,
     CueRewardOracle,
     MazeOracle,
     evaluate_reference,
@@ -107,6 +108,37 @@ def test_conditioning_oracle_is_perfect(env_id: str) -> None:
     np.testing.assert_array_equal(returns, 0.0)  # zero squared error
     random = evaluate_reference(env_id, "random", 50, seed=2, continuous=True)
     assert random.mean() < -20  # E[-(U - t)^2] = -1/3 on 80 steps
+
+
+# Per scored step the memoryless best is right when no stimulus or only the unpaired one is
+# on, wrong when the paired one is on without pain: accuracy 0.65 (exclusive) and 0.825
+# (independent), i.e. 80 * (2 * accuracy - 1) = 24 and 52 reward per episode.
+@pytest.mark.parametrize(
+    ("env_id", "memoryless_level"),
+    [("Hebb-Conditioning-v0", 24.0), ("Hebb-ConditioningIndependent-v0", 52.0)],
+)
+def test_conditioning_learners_bracket_what_memory_is_worth(
+    env_id: str, memoryless_level: float
+) -> None:
+    memoryless = evaluate_reference(env_id, "memoryless", 2000, seed=6)
+    ideal = evaluate_reference(env_id, "ideal-observer", 2000, seed=6)
+    assert abs(memoryless.mean() - memoryless_level) < 4 * memoryless.std() / np.sqrt(2000)
+    # 20 free steps identify the paired stimulus almost always; a wrong guess after them is rare
+    assert 78.5 < ideal.mean() < 80.0 and ideal.max() == 80.0
+    assert (ideal >= memoryless).mean() > 0.99
+
+
+def test_the_ideal_observer_reads_nothing_hidden() -> None:
+    env = make_vec("Hebb-ConditioningIndependent-v0", 64)
+    observer = ConditioningIdealObserver(env)
+    obs, info = env.reset(seed=7)
+    observer.reset()
+    total = np.zeros(64)
+    for _ in range(100):
+        obs, reward, _, _, info = env.step(observer.act(obs, {}))  # no info at all
+        total += reward
+    assert total.mean() > 75
+    env.close()
 
 
 def test_cue_reward_oracle_answers_every_go_step_right() -> None:
