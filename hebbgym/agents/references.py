@@ -164,6 +164,57 @@ class CueRewardOracle:
         return actions
 
 
+class CueRewardIdealObserver:
+    """The Bayes-optimal learner: keeps the cues it could still be, answers 1 when most of
+    them were shown in this trial, and rules out the rest once the answer's reward is seen.
+
+    Only what the agent sees is used: cues are told apart by their values, in the order they
+    first appear, and the answer's correctness is read from the next step's reward. The
+    feedback is noise-free, so elimination is exact; the score it reaches is the ceiling of
+    what can be learnt within an episode (the oracle's is not).
+    """
+
+    def __init__(self, env: HebbVectorEnv, seed: int | None = None) -> None:
+        self.cue, self.go = env.obs_layout["cue"], env.obs_layout["go"]
+        self.reward = env.obs_layout["reward"]
+        n_cues, batch = env.rules.n_cues, env.num_envs
+        self.rows = np.arange(batch)
+        self.known_cues = np.zeros((batch, n_cues, env.rules.cue_size), np.float32)
+        self.n_known = np.zeros(batch, np.int64)
+        self.possible = np.ones((batch, n_cues), dtype=bool)
+        self.in_trial = np.zeros((batch, n_cues), dtype=bool)
+        self.answer = np.zeros(batch, dtype=bool)
+        self.answered = np.zeros(batch, dtype=bool)
+
+    def reset(self) -> None:
+        self.n_known[:] = 0
+        self.possible[:] = True
+        self.in_trial[:] = False
+        self.answered[:] = False
+
+    def act(self, obs: np.ndarray, info: dict[str, Any]) -> np.ndarray:
+        right = obs[:, self.reward.start] > 0
+        learnt = self.answered  # last step was a go step: its reward is seen now
+        truth = np.where(right, self.answer, ~self.answer)
+        self.possible[learnt] &= ~(self.in_trial[learnt] ^ truth[learnt, None])
+        self.in_trial[learnt] = False
+        self.answered[:] = False
+        cue = obs[:, self.cue]
+        shown = np.abs(cue).sum(axis=1) > 0
+        matches = (self.known_cues == cue[:, None]).all(axis=2)
+        matches &= np.arange(self.known_cues.shape[1]) < self.n_known[:, None]
+        new = shown & ~matches.any(axis=1)
+        self.known_cues[self.rows[new], self.n_known[new]] = cue[new]
+        matches[self.rows[new], self.n_known[new]] = True
+        self.n_known += new
+        self.in_trial |= matches & shown[:, None]
+        go = obs[:, self.go.start] > 0.5
+        in_pair = (self.possible & self.in_trial).sum(axis=1)
+        self.answer = go & (2 * in_pair > self.possible.sum(axis=1))
+        self.answered = go
+        return self.answer.astype(np.int64)
+
+
 class BanditOracle:
     """Always pulls the arm that is good right now."""
 
@@ -261,7 +312,11 @@ REFERENCE_POLICIES: dict[str, dict[str, PolicyFactory]] = {
         "ucb1-forgetting": lambda env, seed: UCB1(env, seed, forgetting=0.9),
         "win-stay-lose-shift": WinStayLoseShift,
     },
-    "Hebb-CueReward-v0": {"random": RandomPolicy, "oracle": CueRewardOracle},
+    "Hebb-CueReward-v0": {
+        "random": RandomPolicy,
+        "oracle": CueRewardOracle,
+        "ideal-observer": CueRewardIdealObserver,
+    },
 }
 
 

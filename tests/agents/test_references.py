@@ -12,6 +12,7 @@ import hebbgym
 from hebbgym.agents.references import (
     REFERENCE_POLICIES,
     ConditioningIdealObserver,
+    CueRewardIdealObserver,
     CueRewardOracle,
     MazeOracle,
     evaluate_reference,
@@ -154,6 +155,27 @@ def test_cue_reward_oracle_answers_every_go_step_right() -> None:
         go_steps += go.sum()
     assert go_steps > 50 * 15
     env.close()
+
+
+@pytest.mark.parametrize("one_hot", [False, True])
+def test_cue_reward_ideal_observer_learns_the_target_from_rewards_alone(one_hot: bool) -> None:
+    env = make_vec("Hebb-CueReward-v0", 200, one_hot=one_hot)
+    observer = CueRewardIdealObserver(env)
+    obs, info = env.reset(seed=8)
+    observer.reset()
+    answers = [[] for _ in range(200)]  # each episode's go-step rewards, in order
+    for _ in range(120):
+        go = info["go"].copy()
+        obs, reward, _, _, info = env.step(observer.act(obs, {}))  # no hidden facts
+        for row in np.flatnonzero(go):
+            answers[row].append(reward[row])
+    env.close()
+    # Its first answer is a guess; by the last trial of the episode it is always right.
+    assert abs(np.mean([a[0] > 0 for a in answers]) - 0.5) < 0.15
+    assert all(a[-1] > 0 for a in answers)
+    returns = evaluate_reference("Hebb-CueReward-v0", "ideal-observer", 500, 9, one_hot=one_hot)
+    oracle = evaluate_reference("Hebb-CueReward-v0", "oracle", 500, 9, one_hot=one_hot)
+    assert 15.0 < returns.mean() < oracle.mean() - 1.0
 
 
 def test_bandit_oracle_pulls_the_good_arm_and_earns_p_good() -> None:
