@@ -32,6 +32,7 @@ import torch
 from hebbgym.agents.actor_critic import ActorCritic
 from hebbgym.agents.plastic import CoreState
 from hebbgym.train.config import TrainConfig
+from hebbgym.train.evaluate import EVALUATION_SEED
 from hebbgym.train.loop import make_env
 from hebbgym.train.rollout import to_env_actions
 
@@ -52,7 +53,7 @@ class EpisodeRecord:
 
 
 def record_episodes(
-    config: TrainConfig, agent: ActorCritic, episodes: int, seed: int = 10_000
+    config: TrainConfig, agent: ActorCritic, episodes: int, seed: int = EVALUATION_SEED
 ) -> EpisodeRecord:
     """Play ``episodes`` episodes (sampled actions, weights frozen) in one batch."""
     if isinstance(episodes, bool) or not isinstance(episodes, int) or episodes < 1:
@@ -126,7 +127,7 @@ def _trace_erased(state: CoreState) -> CoreState:
 
 
 def conditioning_probe(
-    config: TrainConfig, agent: ActorCritic, episodes: int, seed: int = 10_000
+    config: TrainConfig, agent: ActorCritic, episodes: int, seed: int = EVALUATION_SEED
 ) -> dict[str, dict[str, float]]:
     """Mean probability of the fear response to each of :data:`PROBES`, one step from the
     state the episodes reached at the end of their learning period, in each of :data:`STATES`
@@ -156,7 +157,7 @@ PATHWAYS = ("fixed weights (trace erased)", "written by the episode (alpha * Heb
 
 
 def sensor_weights(
-    config: TrainConfig, agent: ActorCritic, episodes: int, seed: int = 10_000
+    config: TrainConfig, agent: ActorCritic, episodes: int, seed: int = EVALUATION_SEED
 ) -> dict[str, dict[str, tuple[float, float]]]:
     """Each sensor's weight on the fear response after the learning period, split into
     :data:`PATHWAYS` (mean and standard deviation over episodes).

@@ -16,12 +16,11 @@ import numpy as np
 
 from hebbgym.agents.references import REFERENCE_POLICIES, evaluate_reference
 from hebbgym.sweep import SweepConfig, Trial, run_sweep
-from hebbgym.train.evaluate import evaluate_agent
+from hebbgym.train.evaluate import EVALUATION_SEED, evaluate_agent
 from hebbgym.train.loop import load_agent
 from hebbgym.train.plots import plot_learning_curves
 from hebbgym.train.sb3_baselines import (
     EVALUATION_FILE,
-    EVALUATION_SEED,
     SB3_ALGORITHMS,
     episode_length,
     train_sb3,

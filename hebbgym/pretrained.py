@@ -84,8 +84,9 @@ def _relative(path: Path) -> str:
 def export_best_of_sweep(sweep_file: str | Path, destination: Path = PRETRAINED_DIR) -> Path:
     """The modulated trial of a finished, evaluated sweep with the best held-out mean reward,
     exported with the LSTM trials' median on the same episodes as its baseline."""
-    from hebbgym.experiments import EVALUATION_FILE
     from hebbgym.sweep import SweepConfig
+    from hebbgym.train.evaluate import EVALUATION_SEED
+    from hebbgym.train.sb3_baselines import EVALUATION_FILE
 
     sweep = SweepConfig.from_file(sweep_file)
     means: dict[str, list[tuple[float, int, Path]]] = {}
@@ -101,7 +102,7 @@ def export_best_of_sweep(sweep_file: str | Path, destination: Path = PRETRAINED_
     best_mean, episodes, best_dir = max(means["modulated"])
     evaluation = {
         "source": _relative(best_dir),
-        "evaluation": {"episodes": episodes, "seed": 10_000, "mean_reward": best_mean},
+        "evaluation": {"episodes": episodes, "seed": EVALUATION_SEED, "mean_reward": best_mean},
         "baseline": {
             "agent": "lstm",
             "median_mean_reward": float(np.median([m for m, _, _ in means["lstm"]])),

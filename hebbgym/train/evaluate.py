@@ -19,6 +19,9 @@ from hebbgym.train.loop import load_agent, make_env
 from hebbgym.train.rollout import collect_rollout
 
 EVALUATION_BATCH = 100
+# The held-out episodes of the results report: every agent, baseline and reference is scored
+# on the episodes seeded from here, none of which any training run draws.
+EVALUATION_SEED = 10_000
 
 
 def evaluate_agent(

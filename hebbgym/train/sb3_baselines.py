@@ -23,12 +23,12 @@ import gymnasium as gym
 import numpy as np
 
 from hebbgym.train.checkpoint import atomic_write_bytes
+from hebbgym.train.evaluate import EVALUATION_SEED
 from hebbgym.train.loop import METRICS_COLUMNS
 
 SB3_ALGORITHMS = ("sb3-a2c", "sb3-recurrent-ppo")
 EVALUATION_FILE = "evaluation.json"
 PROGRESS_FILE = "sb3_progress.json"
-EVALUATION_SEED = 10_000  # the held-out episodes every agent of the report is evaluated on
 RESUME_SEED_STRIDE = 100_000  # a resumed run's training seeds stay clear of those episodes
 IDENTITY_KEYS = ("algorithm", "env_id", "seed", "env_kwargs")
 
