@@ -170,8 +170,9 @@ class CueRewardIdealObserver:
 
     Only what the agent sees is used: cues are told apart by their values, in the order they
     first appear, and the answer's correctness is read from the next step's reward. The
-    feedback is noise-free, so elimination is exact; the score it reaches is the ceiling of
-    what can be learnt within an episode (the oracle's is not).
+    feedback is noise-free, so elimination is exact, and either answer reveals the truth, so
+    answering greedily gives up no information: the score it reaches is the ceiling of what
+    can be learnt within an episode (the oracle's is not).
     """
 
     def __init__(self, env: HebbVectorEnv, seed: int | None = None) -> None:
