@@ -292,6 +292,55 @@ class WinStayLoseShift(_BanditLearner):
         return np.where(started, np.where(won, last, other), first)
 
 
+class ChangePointObserver:
+    """The Bayesian change-point observer: the exact posterior over which arm is good, given
+    the task's own reversal statistics (the single reversal's window, or the hazard), and the
+    arm most likely to be good.
+
+    Acting greedily on the posterior is optimal with two arms and ``p_good = 1 - p_bad`` (the
+    defaults), where either arm's reward says as much about which one is good; with more arms
+    it is a strong learner, not the proven optimum. The posterior is over (good arm, whether
+    the single reversal has happened), so a reversal can happen at most once without
+    ``hazard`` and at any step with it.
+    """
+
+    def __init__(self, env: HebbVectorEnv, seed: int | None = None) -> None:
+        rules = env.rules
+        self.action, self.reward = env.obs_layout["action"], env.obs_layout["reward"]
+        self.arms, self.num_envs = rules.arms, env.num_envs
+        self.p_good, self.p_bad, self.hazard = rules.p_good, rules.p_bad, rules.hazard
+        self.window = rules.reversal_window()
+        self.reset()
+
+    def reset(self) -> None:
+        self.t = 0
+        # belief[:, 0] before the single reversal (always, with a hazard), [:, 1] after it
+        self.belief = np.zeros((self.num_envs, 2, self.arms))
+        self.belief[:, 0] = 1.0 / self.arms
+
+    def _reversal_probability(self, t: int) -> float:
+        """P(the good arm moves at step t | it has not moved yet)."""
+        if self.hazard is not None:
+            return self.hazard
+        first, last = self.window
+        return 1.0 / (last - t + 1) if first <= t <= last else 0.0
+
+    def act(self, obs: np.ndarray, info: dict[str, Any]) -> np.ndarray:
+        if self.t > 0:  # the previous step's arm and reward arrive in this observation
+            chosen = obs[:, self.action] > 0.5
+            paid = obs[:, self.reward.start, None] > 0.5
+            pay = np.where(chosen, self.p_good, self.p_bad)  # P(payout | good arm = column)
+            self.belief *= np.where(paid, pay, 1.0 - pay)[:, None, :]
+            self.belief /= self.belief.sum(axis=(1, 2), keepdims=True)
+            probability = self._reversal_probability(self.t)
+            moving = self.belief[:, 0] * probability
+            self.belief[:, 0] -= moving
+            arrived = (moving.sum(axis=1, keepdims=True) - moving) / (self.arms - 1)
+            self.belief[:, 0 if self.hazard is not None else 1] += arrived
+        self.t += 1
+        return np.argmax(self.belief.sum(axis=1), axis=1)
+
+
 PolicyFactory = Callable[[HebbVectorEnv, int | None], Policy]
 
 CONDITIONING_REFERENCES: dict[str, PolicyFactory] = {
@@ -312,6 +361,7 @@ REFERENCE_POLICIES: dict[str, dict[str, PolicyFactory]] = {
         "ucb1": UCB1,
         "ucb1-forgetting": lambda env, seed: UCB1(env, seed, forgetting=0.9),
         "win-stay-lose-shift": WinStayLoseShift,
+        "change-point-observer": ChangePointObserver,
     },
     "Hebb-CueReward-v0": {
         "random": RandomPolicy,

@@ -60,12 +60,16 @@ class ReversalBanditRules(TaskRules):
             raise ValueError(f"bandit task must be an arm in [0, {self.arms - 1}], got {task}")
         return int(task)
 
+    def reversal_window(self) -> tuple[int, int]:
+        """First and last step of the single reversal (without ``hazard``): uniform over the
+        whole steps in [T/4, 3T/4]."""
+        first = max(1, -(-self.episode_length // 4))
+        return first, max(first, 3 * self.episode_length // 4)
+
     def draw_episode(self, rng: np.random.Generator, task: int) -> dict[str, np.ndarray]:
         steps = self.episode_length + 1
         if self.hazard is None:
-            # Uniform over the whole steps in [T/4, 3T/4].
-            first = max(1, -(-self.episode_length // 4))
-            last = max(first, 3 * self.episode_length // 4)
+            first, last = self.reversal_window()
             switches = np.zeros(steps, dtype=np.int64)
             switches[rng.integers(first, last + 1)] = rng.integers(1, self.arms)
         else:

@@ -11,6 +11,7 @@ import pytest
 import hebbgym
 from hebbgym.agents.references import (
     REFERENCE_POLICIES,
+    ChangePointObserver,
     ConditioningIdealObserver,
     CueRewardIdealObserver,
     CueRewardOracle,
@@ -201,6 +202,33 @@ def test_oracle_beats_every_learner_and_every_learner_beats_random(bandit_return
     for name in BANDIT_LEARNERS:
         assert bandit_returns["oracle"] > bandit_returns[name] + 5, name
         assert bandit_returns[name] > bandit_returns["random"] + 3, name
+
+
+def test_change_point_observer_loses_only_what_cannot_be_known() -> None:
+    # Deterministic payouts: the first pull is a coin flip (0.5 expected loss), and the pull
+    # at the reversal pays nothing before the next one switches (1 loss), except when the
+    # reversal comes at the last step of its window [25, 75], where it is certain.
+    env = make_vec(BANDIT, 500, p_good=1.0, p_bad=0.0)
+    observer = ChangePointObserver(env)
+    obs, _ = env.reset(seed=10)
+    observer.reset()
+    total = np.zeros(500)
+    for _ in range(100):
+        obs, reward, _, _, _ = env.step(observer.act(obs, {}))  # nothing hidden
+        total += reward
+    env.close()
+    assert set(np.unique(total)) <= {98.0, 99.0, 100.0}
+    assert abs(total.mean() - (98.5 + 1 / 51)) < 4 * 0.55 / np.sqrt(500)
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"hazard": 0.05}, {"arms": 4}])
+def test_change_point_observer_beats_every_other_learner(kwargs: dict) -> None:
+    returns = {
+        name: evaluate_reference(BANDIT, name, 1000, seed=11, **kwargs).mean()
+        for name in ["oracle", "change-point-observer", *BANDIT_LEARNERS]
+    }
+    best_other = max(returns[name] for name in BANDIT_LEARNERS)
+    assert best_other + 2.5 < returns["change-point-observer"] < returns["oracle"], returns
 
 
 def test_bandit_references_match_spec_measurements(bandit_returns) -> None:
