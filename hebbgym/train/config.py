@@ -55,9 +55,11 @@ TASK_PRESETS: dict[str, TaskPreset] = {
     "Hebb-ConditioningIndependent-v0": TaskPreset(
         hidden_size=24, gamma=0.0, lr=1e-2, entropy_coef=0.1, grad_clip=4.0
     ),
-    # Measured here: lr 1e-3 does not leave chance level within 6k episodes; 1e-2 does by ~9k.
+    # Measured here (5 seeds, 12k episodes): at lr 1e-2 and entropy 0.03 the neuromodulated
+    # agents stay at chance; at lr 3e-3 and entropy 0.1 every agent learns on most seeds
+    # (median held-out reward 73.3-74.6, against 50.2-76.5 before).
     "Hebb-ReversalBandit-v0": TaskPreset(
-        hidden_size=48, gamma=0.5, lr=1e-2, entropy_coef=0.03, grad_clip=4.0
+        hidden_size=48, gamma=0.5, lr=3e-3, entropy_coef=0.1, grad_clip=4.0
     ),
 }
 
