@@ -18,7 +18,13 @@ expects, as arrays (tested) and as PNG figures (matplotlib, headless).
   Figure 2 (there, fixed weights carry the pain and plastic ones the stimulus). Erasing the
   activity instead would prove nothing: the plastic term ``h_{t-1} (alpha * Hebb)`` needs it.
 
-``scripts/analyse_agent.py`` makes them for a run directory or a pretrained agent.
+* :func:`evaluation_tasks`, :func:`mean_by_task` and :func:`plot_paired_split`: a sweep's
+  held-out returns split by the episode's hidden task (on conditioning, which stimulus is
+  paired), which tells a run that solves both halves of the task from one that solves one
+  half and falls back to a memoryless guess on the other.
+
+``scripts/analyse_agent.py`` makes the per-agent figures for a run directory or a pretrained
+agent, ``scripts/analyse_sweep.py`` the split of a sweep.
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ import torch
 from hebbgym.agents.actor_critic import ActorCritic
 from hebbgym.agents.plastic import CoreState
 from hebbgym.train.config import TrainConfig
-from hebbgym.train.evaluate import EVALUATION_SEED
+from hebbgym.train.evaluate import EVALUATION_BATCH, EVALUATION_SEED
 from hebbgym.train.loop import make_env
 from hebbgym.train.rollout import to_env_actions
 
@@ -260,6 +266,69 @@ def _grouped_bars(
     axis.set_title(title, fontsize=9)
     axis.legend(fontsize=8)
     axis.grid(alpha=0.3, axis="y")
+    figure.tight_layout()
+    return _save(figure, out, plt)
+
+
+def evaluation_tasks(
+    env_id: str,
+    episodes: int,
+    seed: int = EVALUATION_SEED,
+    env_kwargs: dict | None = None,
+    batch_size: int = EVALUATION_BATCH,
+) -> np.ndarray:
+    """The hidden task (``info["task"]``) of each of the ``episodes`` held-out episodes, in
+    the order :func:`~hebbgym.train.evaluate.evaluate_agent` and the SB3 evaluation play
+    them (batches of ``batch_size`` seeded ``seed + index * batch_size``)."""
+    import gymnasium as gym
+
+    batch_size = min(batch_size, episodes)
+    env = gym.make_vec(
+        env_id, num_envs=batch_size, vectorization_mode="vector_entry_point", **(env_kwargs or {})
+    )
+    tasks = []
+    for index in range(-(-episodes // batch_size)):
+        _, info = env.reset(seed=seed + index * batch_size)
+        tasks.append(np.asarray(info["task"]))
+    env.close()
+    return np.concatenate(tasks)[:episodes]
+
+
+def mean_by_task(returns: np.ndarray, tasks: np.ndarray) -> dict[int, float]:
+    """Mean return of the episodes of each task value."""
+    returns, tasks = np.asarray(returns), np.asarray(tasks)
+    if returns.shape != tasks.shape:
+        raise ValueError(f"{returns.shape[0]} returns for {tasks.shape[0]} tasks")
+    return {int(task): float(returns[tasks == task].mean()) for task in np.unique(tasks)}
+
+
+def plot_paired_split(
+    runs: dict[str, list[tuple[float, float]]],
+    references: dict[str, tuple[float, float]],
+    out: str | Path,
+    title: str,
+) -> Path:
+    """One point per run: its mean return when S1 is paired against when S2 is; a run on the
+    diagonal treats both alike, one in a corner has solved one half of the task only."""
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(5.2, 4.6), dpi=110)
+    for k, (agent, points) in enumerate(runs.items()):
+        x, y = np.array(points).T
+        axis.scatter(x, y, s=36, alpha=0.75, label=agent, marker="os^vDP"[k % 6])
+    for name, (x, y) in references.items():
+        axis.scatter([x], [y], s=90, marker="*", color="black")
+        axis.annotate(name, (x, y), textcoords="offset points", xytext=(6, -12), fontsize=8)
+    values = [v for points in runs.values() for p in points for v in p]
+    values += [v for p in references.values() for v in p]
+    low, high = min(values) - 2, max(values) + 2
+    axis.plot([low, high], [low, high], color="grey", linewidth=1, linestyle="--")
+    axis.set_xlim(low, high)
+    axis.set_ylim(low, high)
+    axis.set_xlabel("mean reward, episodes where S1 is paired")
+    axis.set_ylabel("mean reward, episodes where S2 is paired")
+    axis.set_title(title, fontsize=9)
+    axis.legend(fontsize=8, loc="lower left")
+    axis.grid(alpha=0.3)
     figure.tight_layout()
     return _save(figure, out, plt)
 

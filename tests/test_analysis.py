@@ -15,7 +15,10 @@ from hebbgym.analysis import (
     SENSORS,
     EpisodeRecord,
     conditioning_probe,
+    evaluation_tasks,
+    mean_by_task,
     plot_modulation_around_rewards,
+    plot_paired_split,
     plot_plasticity,
     plot_sensor_weights,
     record_episodes,
@@ -23,7 +26,7 @@ from hebbgym.analysis import (
     sensor_weights,
 )
 from hebbgym.train.config import TrainConfig
-from hebbgym.train.evaluate import evaluate_agent
+from hebbgym.train.evaluate import EVALUATION_SEED, evaluate_agent
 
 MAZE = TrainConfig(env_id="Hebb-Maze-v0", hidden_size=10, env_kwargs={"episode_length": 40})
 
@@ -134,3 +137,31 @@ def test_sensor_weights_split_each_sensor_into_its_fixed_and_plastic_parts(tmp_p
         sensor_weights(config, _agent("rnn"), 4)
     with pytest.raises(ValueError, match="conditioning task"):
         sensor_weights(MAZE, _agent(), 4)
+
+
+def test_the_split_by_paired_stimulus_is_aligned_with_the_evaluation_episodes(tmp_path) -> None:
+    """A memoryless policy that fears whenever S2 is on is perfect exactly on the episodes
+    where S2 is paired; the split shows that only if tasks and returns line up."""
+    env_id, episodes, batch = "Hebb-ConditioningIndependent-v0", 250, 100
+    env = gym.make_vec(env_id, num_envs=batch, vectorization_mode="vector_entry_point")
+    stimuli = env.unwrapped.obs_layout["stimuli"]
+    returns = []
+    for index in range(3):  # batches seeded like evaluate_agent's, the last one cut short
+        obs, _ = env.reset(seed=EVALUATION_SEED + index * batch)
+        total = np.zeros(batch)
+        for _ in range(100):
+            obs, reward, _, _, _ = env.step((obs[:, stimuli][:, 1] > 0.5).astype(np.int64))
+            total += reward
+        returns.append(total)
+    env.close()
+    returns = np.concatenate(returns)[:episodes]
+    tasks = evaluation_tasks(env_id, episodes)
+    assert tasks.shape == (episodes,) and set(np.unique(tasks)) == {0, 1}
+    split = mean_by_task(returns, tasks)
+    assert split[1] == 80.0 and split[0] < 40.0
+    with pytest.raises(ValueError, match="250 returns for 100 tasks"):
+        mean_by_task(returns, tasks[:100])
+    out = plot_paired_split(
+        {"fear when S2": [(split[0], split[1])]}, {"ideal": (79.5, 79.5)}, tmp_path / "s.png", "t"
+    )
+    assert iio.imread(out).shape[2] in (3, 4)
