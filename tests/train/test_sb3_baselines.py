@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from hebbgym.train import sb3_baselines
@@ -124,3 +125,32 @@ def test_unknown_algorithm_is_refused_before_anything_is_written(tmp_path: Path)
     with pytest.raises(ValueError, match="unknown SB3 algorithm 'sb3-dqn'"):
         train_sb3("sb3-dqn", BANDIT, 160, 0, tmp_path / "run", 10, SHORT)
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("algorithm", ["sb3-a2c", "sb3-recurrent-ppo"])
+def test_sb3_trains_on_the_native_env_exactly_as_on_its_own_vec_env(algorithm: str) -> None:
+    """Same episodes, rewards, resets and bootstrapping info: the weights after training on
+    our batched env equal those after training on SB3's DummyVecEnv of Monitors."""
+    import torch
+    from stable_baselines3.common.env_util import make_vec_env
+
+    def trained(env) -> tuple[dict, np.ndarray]:
+        torch.manual_seed(0)
+        model = sb3_baselines._sb3_model(algorithm, env, seed=3)
+        model.learn(600 if algorithm == "sb3-a2c" else 900)
+        return model.policy.state_dict(), sb3_baselines._monitor_returns(model.get_env())
+
+    n_envs = 8 if algorithm == "sb3-a2c" else 30
+    native = trained(sb3_baselines.native_sb3_env(BANDIT, n_envs, 3, **SHORT))
+    theirs_env = make_vec_env(BANDIT, n_envs=n_envs, seed=3, env_kwargs=SHORT)
+    theirs_env.env = theirs_env.envs[0].unwrapped  # what _sb3_model reads the length from
+    theirs = trained(theirs_env)
+    np.testing.assert_array_equal(native[1], _dummy_returns(theirs_env))
+    for name, value in native[0].items():
+        assert torch.equal(value, theirs[0][name]), name
+
+
+def _dummy_returns(env) -> np.ndarray:
+    """A DummyVecEnv's Monitor returns, ordered like the native env's (by step, then env)."""
+    rewards = env.env_method("get_episode_rewards")
+    return np.array(rewards, dtype=np.float64).T.reshape(-1)
