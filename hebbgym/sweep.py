@@ -11,6 +11,9 @@ A sweep is a YAML file::
     grid:                         # TrainConfig field -> values; the trials are the product
       agent: [modulated, rnn]
       seed: [0, 1, 2, 3, 4]
+    overrides:                    # optional: settings of the trials with that grid value
+      agent:
+        rnn: {lr: 0.003}
 
 Each trial is an ordinary run directory (config, checkpoint, metrics), trained by
 :func:`hebbgym.train.loop.train`, so any trial can be watched or evaluated like a normal run.
@@ -64,6 +67,7 @@ class SweepConfig:
     name: str
     grid: dict[str, list[Any]]
     base: dict[str, Any] = field(default_factory=dict)
+    overrides: dict[str, dict[Any, dict[str, Any]]] = field(default_factory=dict)
     out_dir: Path = Path("runs/sweeps")
     cpus_per_trial: float = 1.0
 
@@ -80,7 +84,8 @@ class SweepConfig:
         data = yaml.safe_load(path.read_text())
         if not isinstance(data, dict):
             raise ValueError(f"{path}: a sweep config is a mapping, got {type(data).__name__}")
-        unknown = sorted(set(data) - {"name", "grid", "base", "out_dir", "cpus_per_trial"})
+        known = {"name", "grid", "base", "overrides", "out_dir", "cpus_per_trial"}
+        unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"{path}: unknown sweep key(s) {unknown}")
         if "name" not in data or "grid" not in data:
@@ -89,6 +94,7 @@ class SweepConfig:
             name=str(data["name"]),
             grid=data["grid"],
             base=data.get("base") or {},
+            overrides=data.get("overrides") or {},
             out_dir=Path(data.get("out_dir", "runs/sweeps")),
             cpus_per_trial=float(data.get("cpus_per_trial", 1.0)),
         )
@@ -110,20 +116,47 @@ class SweepConfig:
                 raise ValueError(f"grid[{key!r}] must be a non-empty list, got {values!r}")
         if self.cpus_per_trial <= 0:
             raise ValueError(f"cpus_per_trial must be > 0, got {self.cpus_per_trial}")
+        self._check_overrides()
         keys = list(self.grid)
         trials = []
         for values in itertools.product(*(self.grid[key] for key in keys)):
             params = dict(zip(keys, values, strict=True))
             name = "-".join(f"{key}={_slug(value)}" for key, value in params.items())
             threads = max(1, int(self.cpus_per_trial))
+            overridden = {
+                field: setting
+                for key, value in params.items()
+                for field, setting in self.overrides.get(key, {}).get(value, {}).items()
+            }
             try:
                 config = TrainConfig.from_dict(
-                    {"threads": threads, **self.base, **params}
+                    {"threads": threads, **self.base, **overridden, **params}
                 ).resolved()
             except (TypeError, ValueError) as error:
                 raise ValueError(f"trial {name}: {error}") from error
             trials.append(Trial(name, config, (self.directory / name).resolve(), params))
         return trials
+
+    def _check_overrides(self) -> None:
+        """Overrides name a grid field, one of its values, and settings that are not grid
+        fields themselves (those would be overridden back by the grid)."""
+        if not isinstance(self.overrides, dict):
+            raise ValueError(f"overrides must map grid fields to values, got {self.overrides!r}")
+        for key, by_value in self.overrides.items():
+            if key not in self.grid:
+                raise ValueError(f"overrides[{key!r}]: {key!r} is not a grid field")
+            if not isinstance(by_value, dict):
+                raise ValueError(f"overrides[{key!r}] must map grid values to settings")
+            for value, settings in by_value.items():
+                if value not in self.grid[key]:
+                    raise ValueError(
+                        f"overrides[{key!r}][{value!r}]: not one of the grid's {self.grid[key]}"
+                    )
+                if not isinstance(settings, dict):
+                    raise ValueError(f"overrides[{key!r}][{value!r}] must be a mapping")
+                clashing = sorted(set(settings) & set(self.grid))
+                if clashing:
+                    raise ValueError(f"overrides[{key!r}][{value!r}] sets grid field(s) {clashing}")
 
 
 def _slug(value: Any) -> str:

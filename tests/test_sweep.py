@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from hebbgym.sweep import INSTALL_HINT, SweepConfig, run_sweep, run_trial
 from hebbgym.train.checkpoint import load_checkpoint
@@ -33,6 +34,27 @@ def test_config_is_validated_before_anything_runs(tmp_path: Path) -> None:
         SweepConfig.from_file(path)
     with pytest.raises(FileNotFoundError):
         SweepConfig.from_file(tmp_path / "missing.yaml")
+
+
+def test_overrides_give_the_trials_of_one_grid_value_their_own_settings(tmp_path: Path) -> None:
+    path = write_tiny_sweep(tmp_path / "over.yaml", ["modulated", "rnn"], [0, 1], episodes=8)
+    data = yaml.safe_load(path.read_text())
+    data["overrides"] = {"agent": {"rnn": {"lr": 0.003, "hidden_size": 6}}}
+    path.write_text(yaml.safe_dump(data))
+    trials = {trial.name: trial.config for trial in SweepConfig.from_file(path).trials()}
+    assert {trials[f"agent=rnn-seed={s}"].lr for s in (0, 1)} == {0.003}
+    assert trials["agent=rnn-seed=1"].hidden_size == 6
+    assert {trials[f"agent=modulated-seed={s}"].lr for s in (0, 1)} == {0.01}
+    assert trials["agent=modulated-seed=0"].hidden_size == 8
+    for overrides, message in [
+        ({"seeds": {0: {"lr": 1.0}}}, "'seeds' is not a grid field"),
+        ({"agent": {"lstm": {"lr": 1.0}}}, "'lstm'.*not one of the grid's"),
+        ({"agent": {"rnn": {"seed": 3}}}, r"sets grid field\(s\) \['seed'\]"),
+        ({"agent": {"rnn": {"lr": -1.0}}}, "trial agent=rnn-seed=0: .*lr"),
+    ]:
+        path.write_text(yaml.safe_dump({**data, "overrides": overrides}))
+        with pytest.raises(ValueError, match=message):
+            SweepConfig.from_file(path)
 
 
 def test_without_ray_the_command_says_how_to_install(
