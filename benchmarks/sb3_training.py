@@ -11,26 +11,35 @@ from __future__ import annotations
 
 import argparse
 import time
+from typing import Any
 
 import torch
 
-from hebbgym.train.sb3_baselines import SB3_ALGORITHMS, _sb3_model, native_sb3_env
+from hebbgym.train.sb3_baselines import (
+    SB3_ALGORITHMS,
+    TRAINING_ENVS,
+    _sb3_model,
+    episode_length,
+    native_sb3_env,
+)
 
 
-def dummy_env(env_id: str, num_envs: int, seed: int):
+def dummy_env(env_id: str, num_envs: int, seed: int) -> Any:
     from stable_baselines3.common.env_util import make_vec_env
 
-    env = make_vec_env(env_id, n_envs=num_envs, seed=seed)
-    env.env = env.envs[0].unwrapped  # where _sb3_model reads the episode length
-    return env
+    return make_vec_env(env_id, n_envs=num_envs, seed=seed)
 
 
-def steps_per_second(algorithm: str, env, rollouts: int) -> float:
-    model = _sb3_model(algorithm, env, seed=0)
+def steps_per_second(algorithm: str, env_id: str, env: Any, rollouts: int) -> float:
+    """Env-steps per second of ``rollouts`` rollouts of training (the model as the report
+    builds it)."""
+    model = _sb3_model(algorithm, env, seed=0, length=episode_length(env_id, {}))
     steps = rollouts * model.n_envs * model.n_steps
     start = time.perf_counter()
     model.learn(steps)
-    return steps / (time.perf_counter() - start)
+    seconds = time.perf_counter() - start
+    env.close()
+    return steps / seconds
 
 
 def main() -> None:
@@ -44,12 +53,13 @@ def main() -> None:
     print("|---|---|---|---|---|")
     for env_id in args.ids:
         for algorithm in SB3_ALGORITHMS:
-            envs = 8 if algorithm == "sb3-a2c" else 30
+            envs = TRAINING_ENVS[algorithm]
             rollouts = args.rollouts * (100 if algorithm == "sb3-a2c" else 1)
             dummy, native = [], []
             for _ in range(args.repeats):
                 for make, speeds in ((dummy_env, dummy), (native_sb3_env, native)):
-                    speeds.append(steps_per_second(algorithm, make(env_id, envs, 0), rollouts))
+                    env = make(env_id, envs, 0)
+                    speeds.append(steps_per_second(algorithm, env_id, env, rollouts))
             slow, fast = max(dummy), max(native)
             print(f"| {env_id} | {algorithm} | {slow:,.0f} | {fast:,.0f} | {fast / slow:.2f}x |")
 

@@ -279,7 +279,8 @@ def evaluation_tasks(
 ) -> np.ndarray:
     """The hidden task (``info["task"]``) of each of the ``episodes`` held-out episodes, in
     the order :func:`~hebbgym.train.evaluate.evaluate_agent` and the SB3 evaluation play
-    them (batches of ``batch_size`` seeded ``seed + index * batch_size``)."""
+    them (batches of ``batch_size`` seeded ``seed + index * batch_size``). Tasks that are one
+    number per episode only (the paired stimulus, the first good arm); not cue–reward's."""
     import gymnasium as gym
 
     batch_size = min(batch_size, episodes)
@@ -289,6 +290,9 @@ def evaluation_tasks(
     tasks = []
     for index in range(-(-episodes // batch_size)):
         _, info = env.reset(seed=seed + index * batch_size)
+        if isinstance(info["task"], dict):
+            env.close()
+            raise ValueError(f"{env_id}'s task is not one number per episode")
         tasks.append(np.asarray(info["task"]))
     env.close()
     return np.concatenate(tasks)[:episodes]

@@ -123,11 +123,7 @@ class SweepConfig:
             params = dict(zip(keys, values, strict=True))
             name = "-".join(f"{key}={_slug(value)}" for key, value in params.items())
             threads = max(1, int(self.cpus_per_trial))
-            overridden = {
-                field: setting
-                for key, value in params.items()
-                for field, setting in self.overrides.get(key, {}).get(value, {}).items()
-            }
+            overridden = self._overridden(params)
             try:
                 config = TrainConfig.from_dict(
                     {"threads": threads, **self.base, **overridden, **params}
@@ -136,6 +132,20 @@ class SweepConfig:
                 raise ValueError(f"trial {name}: {error}") from error
             trials.append(Trial(name, config, (self.directory / name).resolve(), params))
         return trials
+
+    def _overridden(self, params: dict[str, Any]) -> dict[str, Any]:
+        """The override settings of a trial's grid values (compared by equality: grid values
+        may be dicts or lists), refusing two that set one field."""
+        settings: dict[str, Any] = {}
+        for key, by_value in self.overrides.items():
+            for value, extra in by_value.items():
+                if value != params[key]:
+                    continue
+                clashing = sorted(set(extra) & set(settings))
+                if clashing:
+                    raise ValueError(f"overrides set {clashing} twice for the trial {params}")
+                settings.update(extra)
+        return settings
 
     def _check_overrides(self) -> None:
         """Overrides name a grid field, one of its values, and settings that are not grid

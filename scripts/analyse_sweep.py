@@ -16,10 +16,9 @@ import numpy as np
 
 from hebbgym.agents.references import evaluate_reference
 from hebbgym.analysis import evaluation_tasks, mean_by_task, plot_paired_split
-from hebbgym.experiments import EVALUATION_FILE
 from hebbgym.sweep import SweepConfig
 from hebbgym.train.evaluate import EVALUATION_SEED
-from hebbgym.train.sb3_baselines import SB3_ALGORITHMS
+from hebbgym.train.sb3_baselines import EVALUATION_FILE, SB3_ALGORITHMS
 
 
 def main() -> None:
@@ -43,12 +42,20 @@ def main() -> None:
         if not path.is_file():
             print(f"{agent} seed {seed}: no evaluation yet ({path})")
             continue
-        returns = np.array(json.loads(path.read_text())["greedy_returns"])
+        cached = json.loads(path.read_text())
+        if "greedy_returns" not in cached:
+            print(f"{agent} seed {seed}: no greedy evaluation yet ({path}); rerun the recipe")
+            continue
+        returns = np.array(cached["greedy_returns"])
         if tasks is None or len(tasks) != len(returns):
             tasks = evaluation_tasks(env_id, len(returns), EVALUATION_SEED, env_kwargs)
         split = mean_by_task(returns, tasks)
+        if set(split) != {0, 1}:
+            raise SystemExit(f"{path}: needs episodes with each stimulus paired")
         runs.setdefault(agent, []).append((split[0], split[1]))
         print(f"{agent:18s} seed {seed}: S1 paired {split[0]:5.1f}, S2 paired {split[1]:5.1f}")
+    if tasks is None:
+        raise SystemExit(f"{args.sweep_file}: no evaluated run yet (scripts/reproduce_*.py)")
     references = {}
     for name in ("ideal-observer", "memoryless"):
         returns = evaluate_reference(env_id, name, len(tasks), EVALUATION_SEED, **env_kwargs)

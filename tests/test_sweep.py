@@ -46,6 +46,14 @@ def test_overrides_give_the_trials_of_one_grid_value_their_own_settings(tmp_path
     assert trials["agent=rnn-seed=1"].hidden_size == 6
     assert {trials[f"agent=modulated-seed={s}"].lr for s in (0, 1)} == {0.01}
     assert trials["agent=modulated-seed=0"].hidden_size == 8
+    grid_of_dicts = {**data, "grid": {"env_kwargs": [{"episode_length": 10}, {"arms": 3}]}}
+    grid_of_dicts["overrides"] = {"env_kwargs": {}}
+    path.write_text(yaml.safe_dump(grid_of_dicts))
+    assert len(SweepConfig.from_file(path).trials()) == 2  # dict values, compared not hashed
+    two_fields = {"agent": {"rnn": {"lr": 0.003}}, "seed": {1: {"lr": 0.001}}}
+    path.write_text(yaml.safe_dump({**data, "overrides": two_fields}))
+    with pytest.raises(ValueError, match=r"overrides set \['lr'\] twice"):
+        SweepConfig.from_file(path)
     for overrides, message in [
         ({"seeds": {0: {"lr": 1.0}}}, "'seeds' is not a grid field"),
         ({"agent": {"lstm": {"lr": 1.0}}}, "'lstm'.*not one of the grid's"),

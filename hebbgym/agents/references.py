@@ -1,4 +1,6 @@
-"""Reference policies: the floor (random) and ceilings (oracles, classic bandit learners).
+"""Reference policies: the floor (random), the ceilings (oracles, which read the hidden task)
+and learners that see only what the agent sees (ideal observers, the memoryless best, classic
+bandit learners).
 
 They give every learning curve its scale: the results report normalises a score as
 ``(agent - random) / (oracle - random)``. All are batched: ``act`` takes the observations
@@ -118,7 +120,8 @@ class ConditioningIdealObserver:
     def __init__(self, env: HebbVectorEnv, seed: int | None = None, memory: bool = True) -> None:
         self.stimuli, self.pain = env.obs_layout["stimuli"], env.obs_layout["pain"]
         self.continuous = isinstance(env.single_action_space, spaces.Box)
-        self.log_calm = np.log1p(-env.rules.pain_prob)  # log P(no pain | paired stimulus on)
+        with np.errstate(divide="ignore"):  # pain_prob = 1: -inf, a calm step rules out
+            self.log_calm = np.log1p(-env.rules.pain_prob)  # log P(no pain | paired on)
         self.memory = memory
         self.impossible = np.zeros((env.num_envs, 2), dtype=bool)
         self.calm_steps = np.zeros((env.num_envs, 2))
@@ -134,7 +137,14 @@ class ConditioningIdealObserver:
         pain = obs[:, self.pain.start] > 0.5
         self.impossible |= pain[:, None] & ~stimuli
         self.calm_steps += ~pain[:, None] & stimuli
-        log_likelihood = np.where(self.impossible, -np.inf, self.calm_steps * self.log_calm)
+        # (no calm step contributes nothing, also where pain_prob = 1 makes log_calm -inf)
+        calm = np.multiply(
+            self.calm_steps,
+            self.log_calm,
+            out=np.zeros_like(self.calm_steps),
+            where=self.calm_steps > 0,
+        )
+        log_likelihood = np.where(self.impossible, -np.inf, calm)
         posterior = np.exp(log_likelihood - log_likelihood.max(axis=1, keepdims=True))
         posterior /= posterior.sum(axis=1, keepdims=True)
         fear_probability = (posterior * stimuli).sum(axis=1)
@@ -343,15 +353,15 @@ class ChangePointObserver:
 
 PolicyFactory = Callable[[HebbVectorEnv, int | None], Policy]
 
-CONDITIONING_REFERENCES: dict[str, PolicyFactory] = {
+_CONDITIONING_REFERENCES: dict[str, PolicyFactory] = {
     "random": RandomPolicy,
     "oracle": ConditioningOracle,
     "ideal-observer": ConditioningIdealObserver,
     "memoryless": lambda env, seed: ConditioningIdealObserver(env, seed, memory=False),
 }
 REFERENCE_POLICIES: dict[str, dict[str, PolicyFactory]] = {
-    "Hebb-Conditioning-v0": CONDITIONING_REFERENCES,
-    "Hebb-ConditioningIndependent-v0": CONDITIONING_REFERENCES,
+    "Hebb-Conditioning-v0": dict(_CONDITIONING_REFERENCES),
+    "Hebb-ConditioningIndependent-v0": dict(_CONDITIONING_REFERENCES),
     "Hebb-Maze-v0": {"random": RandomPolicy, "oracle": MazeOracle},
     "Hebb-ReversalBandit-v0": {
         "random": RandomPolicy,

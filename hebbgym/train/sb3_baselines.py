@@ -29,8 +29,11 @@ from hebbgym.train.loop import METRICS_COLUMNS
 SB3_ALGORITHMS = ("sb3-a2c", "sb3-recurrent-ppo")
 EVALUATION_FILE = "evaluation.json"
 PROGRESS_FILE = "sb3_progress.json"
-RESUME_SEED_STRIDE = 100_000  # a resumed run's training seeds stay clear of those episodes
+# A resumed run trains on episodes seeded from seed + stride * resumes: fresh ones, far from
+# the held-out episodes (EVALUATION_SEED + k).
+RESUME_SEED_STRIDE = 100_000
 IDENTITY_KEYS = ("algorithm", "env_id", "seed", "env_kwargs")
+TRAINING_ENVS = {"sb3-a2c": 8, "sb3-recurrent-ppo": 30}  # A2C's default; one PPO batch of 30
 
 
 def episode_length(env_id: str, env_kwargs: dict[str, Any]) -> int:
@@ -51,13 +54,13 @@ def _algorithm_class(algorithm: str) -> Any:
 
 
 def native_sb3_env(env_id: str, num_envs: int, seed: int | None = None, **env_kwargs: Any) -> Any:
-    """Our native vector env as a stable-baselines3 ``VecEnv``: the same episodes, rewards and
-    infos as ``make_vec_env(env_id, n_envs=num_envs, seed=seed)`` (sub-env ``i`` seeded
-    ``seed + i``, reset on the step that ends an episode, ``terminal_observation`` and
-    ``TimeLimit.truncated`` in its info), so SB3 trains on it bit for bit as on its own
-    ``DummyVecEnv`` of Monitors, while the envs step as one numpy batch: SB3's A2C trains
-    1.5 times faster, RecurrentPPO (where the LSTM dominates) 1.1 times
-    (``benchmarks/sb3_training.py``)."""
+    """Our native vector env as a stable-baselines3 ``VecEnv``: the same episodes and rewards
+    as ``make_vec_env(env_id, n_envs=num_envs, seed=seed)`` (sub-env ``i`` seeded ``seed + i``,
+    reset on the step that ends an episode) and the infos SB3's algorithms read
+    (``terminal_observation``, ``TimeLimit.truncated``, ``episode``), so SB3 trains on it bit
+    for bit as on its own ``DummyVecEnv`` of Monitors, while the envs step as one numpy
+    batch: SB3's A2C trains 1.5 times faster, RecurrentPPO (where the LSTM dominates) 1.1
+    times (``benchmarks/sb3_training.py``)."""
     from stable_baselines3.common.vec_env import VecEnv
 
     class NativeVecEnv(VecEnv):
@@ -88,7 +91,9 @@ def native_sb3_env(env_id: str, num_envs: int, seed: int | None = None, **env_kw
             rewards = rewards.astype(np.float32)  # copied: the reset below zeroes the original
             dones = terminated | truncated
             infos: list[dict[str, Any]] = [{} for _ in range(num_envs)]
-            if dones.any():  # fixed-length episodes: every sub-env ends at the same step
+            if dones.any():
+                if not dones.all():  # our episodes have one fixed length and start together
+                    raise RuntimeError(f"{env_id}: sub-envs ended at different steps")
                 returns = self.env.batch.episode_return
                 for row in range(num_envs):
                     self.episode_returns[row].append(float(returns[row]))
@@ -125,10 +130,10 @@ def native_sb3_env(env_id: str, num_envs: int, seed: int | None = None, **env_kw
 
 
 def _training_envs(algorithm: str, env_id: str, seed: int, env_kwargs: dict[str, Any]) -> Any:
-    return native_sb3_env(env_id, 8 if algorithm == "sb3-a2c" else 30, seed, **env_kwargs)
+    return native_sb3_env(env_id, TRAINING_ENVS[algorithm], seed, **env_kwargs)
 
 
-def _sb3_model(algorithm: str, env: Any, seed: int) -> Any:
+def _sb3_model(algorithm: str, env: Any, seed: int, length: int) -> Any:
     """An SB3 model with its library defaults, except RecurrentPPO's rollout.
 
     RecurrentPPO's default (8 envs x 128 steps, minibatches of 128, 10 epochs) trains at about
@@ -139,7 +144,6 @@ def _sb3_model(algorithm: str, env: Any, seed: int) -> Any:
     model_class = _algorithm_class(algorithm)
     if algorithm == "sb3-a2c":
         return model_class("MlpPolicy", env, seed=seed, device="cpu", verbose=0)
-    length = env.env.rules.episode_length
     return model_class(
         "MlpLstmPolicy",
         env,
@@ -152,55 +156,48 @@ def _sb3_model(algorithm: str, env: Any, seed: int) -> Any:
     )
 
 
+def _rollout_steps(model: Any) -> int:
+    """Steps of one SB3 rollout: ``learn`` always trains whole rollouts."""
+    return model.n_envs * model.n_steps
+
+
 def _chunk_steps(model: Any, env_steps: int, checkpoints: int, length: int) -> int:
     """Steps between checkpoints: about ``env_steps / checkpoints``, rounded up to whole
     rollouts that end every sub-env's episode, so a resumed run loses no half episode."""
-    aligned = math.lcm(model.n_envs * model.n_steps, model.n_envs * length)
+    aligned = math.lcm(_rollout_steps(model), model.n_envs * length)
     return max(1, math.ceil(env_steps / checkpoints / aligned)) * aligned
 
 
-def _load_progress(run_dir: Path, identity: dict[str, Any], env_steps: int) -> dict[str, Any]:
-    """The run's progress so far (a fresh one if none); refuses a run of other settings or
-    one that has already trained past ``env_steps``, before anything is overwritten."""
+def _load_progress(run_dir: Path, identity: dict[str, Any]) -> dict[str, Any]:
+    """The run's progress so far (a fresh one if none); refuses a run of other settings
+    before anything is overwritten."""
     path = run_dir / PROGRESS_FILE
     if not path.exists():
         return {**identity, "env_steps_done": 0, "seconds": 0.0, "resumes": 0, "returns": []}
     try:
         progress = json.loads(path.read_text())
         saved = {key: progress[key] for key in IDENTITY_KEYS}
-        int(progress["env_steps_done"]), progress["model"], list(progress["returns"])
+        int(progress["env_steps_done"]), float(progress["seconds"]), int(progress["resumes"])
+        str(progress["model"]), list(progress["returns"])
     except (ValueError, KeyError, TypeError) as error:
         raise ValueError(f"{path} is not an SB3 progress file we can read ({error!r})") from error
-    differing = {
-        key: (saved[key], identity[key]) for key in IDENTITY_KEYS if saved[key] != identity[key]
-    }
-    if differing:
-        details = ", ".join(
-            f"{key}: saved {old!r}, asked {new!r}" for key, (old, new) in differing.items()
-        )
-        raise ValueError(
-            f"{run_dir} holds an SB3 run with other settings ({details}); use another directory"
-        )
-    if progress["env_steps_done"] > env_steps:
-        raise ValueError(
-            f"{run_dir} has trained {progress['env_steps_done']} env steps, more than the "
-            f"budget of {env_steps}; use another directory"
-        )
+    _refuse_other_settings(run_dir, saved, identity)
     return progress
 
 
 def _save_progress(run_dir: Path, model: Any, progress: dict[str, Any]) -> None:
-    """The model under a name of its own, then the progress that names it, then the older
-    model goes: a kill at any point leaves a progress file whose model exists."""
-    previous = progress.get("model")
+    """The model under a name of its own, then the progress that names it, then every other
+    model goes (older ones, and any a kill left behind): a kill at any point leaves a progress
+    file whose model exists."""
     name = f"sb3_model-{progress['env_steps_done']}.zip"
     buffer = io.BytesIO()
     model.save(buffer)
     atomic_write_bytes(run_dir / name, buffer.getvalue())
     progress["model"] = name
     atomic_write_bytes(run_dir / PROGRESS_FILE, json.dumps(progress).encode())
-    if previous and previous != name:
-        (run_dir / previous).unlink(missing_ok=True)
+    for stale in run_dir.glob("sb3_model-*.zip"):
+        if stale.name != name:
+            stale.unlink(missing_ok=True)
 
 
 def train_sb3(
@@ -214,43 +211,85 @@ def train_sb3(
     batch_episodes: int = 30,
     checkpoints: int = 20,
 ) -> dict[str, Any]:
-    """Train (or resume) an SB3 agent to ``env_steps`` steps, checkpointing ``checkpoints``
-    times on the way, log its training returns as a ``metrics.csv`` comparable with ours, and
-    evaluate it on the held-out episodes with sampled and with greedy actions."""
+    """Train (or resume) an SB3 agent for ``env_steps`` steps (rounded up to whole rollouts),
+    checkpointing about ``checkpoints`` times on the way, log its training returns as a
+    ``metrics.csv`` comparable with ours, and evaluate it on the held-out episodes with
+    sampled and with greedy actions. The evaluation is cached in the run directory with the
+    settings it belongs to; a directory of other settings is refused."""
     import torch
 
     env_kwargs = env_kwargs or {}
     _algorithm_class(algorithm)  # an unknown algorithm is refused before anything is written
+    if isinstance(checkpoints, bool) or not isinstance(checkpoints, int) or checkpoints < 1:
+        raise ValueError(f"checkpoints must be a positive integer, got {checkpoints!r}")
+    identity = {"algorithm": algorithm, "env_id": env_id, "seed": seed, "env_kwargs": env_kwargs}
     evaluation = run_dir / EVALUATION_FILE
-    if evaluation.exists():  # reused only for the same budget and evaluation episodes
-        cached = json.loads(evaluation.read_text())
+    if evaluation.exists():  # reused only for these settings, budget and evaluation episodes
+        cached = _load_evaluation(evaluation, identity)
         if cached["env_steps"] == env_steps and len(cached["returns"]) == evaluation_episodes:
             return cached
-    identity = {"algorithm": algorithm, "env_id": env_id, "seed": seed, "env_kwargs": env_kwargs}
-    progress = _load_progress(run_dir, identity, env_steps)
+    length = episode_length(env_id, env_kwargs)
+    progress = _load_progress(run_dir, identity)
     run_dir.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(1)
-    model = _resume_or_create(algorithm, env_id, seed, env_kwargs, run_dir, progress)
-    chunk = _chunk_steps(model, env_steps, checkpoints, episode_length(env_id, env_kwargs))
+    model = _resume_or_create(algorithm, env_id, seed, env_kwargs, run_dir, progress, length)
+    rollout = _rollout_steps(model)
+    target = -(-env_steps // rollout) * rollout
+    if progress["env_steps_done"] > target:
+        raise ValueError(
+            f"{run_dir} has trained {progress['env_steps_done']} env steps, more than the "
+            f"budget of {env_steps}; use another directory"
+        )
+    chunk = _chunk_steps(model, env_steps, checkpoints, length)
     earlier_returns = list(progress["returns"])  # episodes of the runs before this resume
-    while progress["env_steps_done"] < env_steps:
+    while progress["env_steps_done"] < target:
         start = time.perf_counter()
-        model.learn(min(chunk, env_steps - progress["env_steps_done"]), reset_num_timesteps=False)
+        model.learn(min(chunk, target - progress["env_steps_done"]), reset_num_timesteps=False)
         progress["env_steps_done"] = int(model.num_timesteps)
         progress["seconds"] += time.perf_counter() - start
         progress["returns"] = earlier_returns + _monitor_returns(model.get_env()).tolist()
-        _save_progress(run_dir, model, progress)
         _write_sb3_metrics(
             run_dir, np.array(progress["returns"]), batch_episodes, progress["seconds"]
         )
-    result = {"seconds": progress["seconds"], "env_steps": progress["env_steps_done"]}
+        _save_progress(run_dir, model, progress)
+    result = {
+        **identity,
+        "seconds": progress["seconds"],
+        "env_steps": env_steps,
+        "env_steps_trained": progress["env_steps_done"],
+    }
     for key, greedy in (("returns", False), ("greedy_returns", True)):
         returns = evaluate_sb3(
             model, env_id, evaluation_episodes, EVALUATION_SEED, env_kwargs, greedy
         )
         result[key] = returns.tolist()
-    evaluation.write_text(json.dumps(result))
+    atomic_write_bytes(evaluation, json.dumps(result).encode())
     return result
+
+
+def _load_evaluation(path: Path, identity: dict[str, Any]) -> dict[str, Any]:
+    """A cached evaluation, refused by name if it is of a run with other settings."""
+    try:
+        cached = json.loads(path.read_text())
+        saved = {key: cached[key] for key in IDENTITY_KEYS}
+        int(cached["env_steps"]), list(cached["returns"])
+    except (ValueError, KeyError, TypeError) as error:
+        raise ValueError(f"{path} is not an SB3 evaluation we can read ({error!r})") from error
+    _refuse_other_settings(path.parent, saved, identity)
+    return cached
+
+
+def _refuse_other_settings(run_dir: Path, saved: dict[str, Any], identity: dict[str, Any]) -> None:
+    differing = {
+        key: (saved[key], identity[key]) for key in IDENTITY_KEYS if saved[key] != identity[key]
+    }
+    if differing:
+        details = ", ".join(
+            f"{key}: saved {old!r}, asked {new!r}" for key, (old, new) in differing.items()
+        )
+        raise ValueError(
+            f"{run_dir} holds an SB3 run with other settings ({details}); use another directory"
+        )
 
 
 def _resume_or_create(
@@ -260,17 +299,19 @@ def _resume_or_create(
     env_kwargs: dict[str, Any],
     run_dir: Path,
     progress: dict[str, Any],
+    length: int,
 ) -> Any:
-    """A new model, or the checkpointed one on freshly seeded environments."""
+    """A new model, or the checkpointed one on freshly seeded environments (the seed goes to
+    ``load`` too: SB3 re-seeds the env with the model's seed when it sets the model up)."""
     if not progress["env_steps_done"]:
-        return _sb3_model(algorithm, _training_envs(algorithm, env_id, seed, env_kwargs), seed)
+        env = _training_envs(algorithm, env_id, seed, env_kwargs)
+        return _sb3_model(algorithm, env, seed, length)
     progress["resumes"] += 1
-    env = _training_envs(
-        algorithm, env_id, seed + RESUME_SEED_STRIDE * progress["resumes"], env_kwargs
-    )
+    resumed_seed = seed + RESUME_SEED_STRIDE * progress["resumes"]
+    env = _training_envs(algorithm, env_id, resumed_seed, env_kwargs)
     path = run_dir / progress["model"]
     try:
-        return _algorithm_class(algorithm).load(path, env=env, device="cpu")
+        return _algorithm_class(algorithm).load(path, env=env, device="cpu", seed=resumed_seed)
     except Exception as error:  # a damaged zip surfaces as one of several library errors
         raise ValueError(f"{path} is not a readable {algorithm} checkpoint ({error!r})") from error
 

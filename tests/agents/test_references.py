@@ -130,6 +130,21 @@ def test_conditioning_learners_bracket_what_memory_is_worth(
     assert (ideal >= memoryless).mean() > 0.99
 
 
+@pytest.mark.parametrize("continuous", [False, True])
+def test_the_ideal_observer_handles_certain_pain(continuous: bool) -> None:
+    # pain_prob = 1: a calm step with a stimulus on rules that stimulus out at once
+    returns = evaluate_reference(
+        "Hebb-ConditioningIndependent-v0",
+        "ideal-observer",
+        200,
+        1,
+        pain_prob=1.0,
+        continuous=continuous,
+    )
+    assert np.isfinite(returns).all()
+    assert returns.mean() > (79.0 if not continuous else -1.0)
+
+
 def test_the_ideal_observer_reads_nothing_hidden() -> None:
     env = make_vec("Hebb-ConditioningIndependent-v0", 64)
     observer = ConditioningIdealObserver(env)

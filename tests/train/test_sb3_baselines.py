@@ -107,6 +107,34 @@ def test_a_run_of_other_settings_is_refused_and_kept(
     assert {path.name: path.read_bytes() for path in tmp_path.iterdir()} == before
 
 
+def test_a_cached_evaluation_of_other_settings_is_refused_too(tmp_path: Path) -> None:
+    train_sb3("sb3-a2c", BANDIT, 160, 0, tmp_path, 10, SHORT)
+    before = (tmp_path / EVALUATION_FILE).read_bytes()
+    with pytest.raises(ValueError, match="other settings.*env_kwargs"):
+        train_sb3("sb3-a2c", BANDIT, 160, 0, tmp_path, 10, {"episode_length": 10, "p_good": 0.9})
+    assert (tmp_path / EVALUATION_FILE).read_bytes() == before
+
+
+def test_a_budget_between_rollouts_trains_whole_rollouts_and_is_reused(tmp_path: Path) -> None:
+    first = train_sb3("sb3-a2c", BANDIT, 100, 0, tmp_path, 10, SHORT)  # rollouts of 40 steps
+    assert first["env_steps"] == 100 and first["env_steps_trained"] == 120
+    assert train_sb3("sb3-a2c", BANDIT, 100, 0, tmp_path, 10, SHORT) == first
+
+
+def test_a_resumed_run_trains_on_fresh_episodes(tmp_path: Path, monkeypatch) -> None:
+    with monkeypatch.context() as patch:
+        kill_at_write(patch, PROGRESS_FILE, 1)
+        with pytest.raises(Killed):
+            train_sb3("sb3-a2c", BANDIT, 800, 0, tmp_path, 10, SHORT, checkpoints=5)
+    progress = sb3_baselines._load_progress(
+        tmp_path, {"algorithm": "sb3-a2c", "env_id": BANDIT, "seed": 0, "env_kwargs": SHORT}
+    )
+    model = sb3_baselines._resume_or_create("sb3-a2c", BANDIT, 0, SHORT, tmp_path, progress, 10)
+    # SB3 re-seeds the env with the model's own seed when it loads: that must be the new one
+    stride = sb3_baselines.RESUME_SEED_STRIDE
+    assert model.seed == stride and model.get_env()._seeds[:2] == [stride, stride + 1]
+
+
 def test_damaged_progress_or_model_is_named(tmp_path: Path) -> None:
     train_sb3("sb3-a2c", BANDIT, 160, 0, tmp_path, 10, SHORT)
     (tmp_path / EVALUATION_FILE).unlink()
@@ -136,14 +164,13 @@ def test_sb3_trains_on_the_native_env_exactly_as_on_its_own_vec_env(algorithm: s
 
     def trained(env) -> tuple[dict, np.ndarray]:
         torch.manual_seed(0)
-        model = sb3_baselines._sb3_model(algorithm, env, seed=3)
+        model = sb3_baselines._sb3_model(algorithm, env, seed=3, length=10)
         model.learn(600 if algorithm == "sb3-a2c" else 900)
         return model.policy.state_dict(), sb3_baselines._monitor_returns(model.get_env())
 
-    n_envs = 8 if algorithm == "sb3-a2c" else 30
+    n_envs = sb3_baselines.TRAINING_ENVS[algorithm]
     native = trained(sb3_baselines.native_sb3_env(BANDIT, n_envs, 3, **SHORT))
     theirs_env = make_vec_env(BANDIT, n_envs=n_envs, seed=3, env_kwargs=SHORT)
-    theirs_env.env = theirs_env.envs[0].unwrapped  # what _sb3_model reads the length from
     theirs = trained(theirs_env)
     np.testing.assert_array_equal(native[1], _dummy_returns(theirs_env))
     for name, value in native[0].items():
