@@ -78,8 +78,10 @@ def native_sb3_env(env_id: str, num_envs: int, seed: int | None = None, **env_kw
                 self.seed(seed)
 
         def reset(self) -> np.ndarray:
-            first = self._seeds[0]
-            obs, _ = self.env.reset(seed=None if first is None else int(first))
+            if any(self._options):
+                raise ValueError(f"the native {env_id} vector env takes no reset options")
+            seeds = None if self._seeds[0] is None else [int(one) for one in self._seeds]
+            obs, _ = self.env.reset(seed=seeds)
             self._reset_seeds()
             return obs
 
