@@ -54,7 +54,7 @@ def plot_learning_curves(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axis = plt.subplots(figsize=(7, 4.2), dpi=110)
+    figure, axis = plt.subplots(figsize=(8.4, 4.2), dpi=110)
     for label, run_dirs in runs.items():
         tables = [metrics_table(run_dir) for run_dir in run_dirs]
         episodes, (low, median, high), counts = seed_percentiles(tables, window)
@@ -72,7 +72,7 @@ def plot_learning_curves(
     axis.set_xlabel("training episodes")
     axis.set_ylabel("reward per episode")
     axis.set_title(title)
-    axis.legend(loc="lower right", fontsize=8)
+    axis.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)  # beside the curves
     axis.grid(alpha=0.3)
     figure.tight_layout()
     out = Path(out)
