@@ -111,15 +111,23 @@ class ConditioningIdealObserver:
 
     Only what the agent sees is used. Under "stimulus k is paired", a step with pain but k
     off is impossible and a step with k on and no pain has likelihood ``1 - pain_prob``, so
-    the posterior needs two counts per stimulus. With ``memory=False`` it judges each step
-    alone: the best any memoryless policy can do, the level a network that learns nothing
-    within the episode settles on. In the continuous form it answers the probability itself,
-    which minimises the expected squared error.
+    the posterior needs two counts per stimulus. After the learning period, the reward of
+    the previous answer (in this step's observation) says whether the paired stimulus was on
+    then, which rules out the hypothesis it contradicts (discrete form; in the continuous
+    form the squared error of an answer of 0.5 says nothing, and the observer uses pain
+    only). With ``memory=False`` it judges each step by its stimuli and pain alone: the best
+    policy of those, the level of a network that learns nothing within the episode (a
+    reactive policy of the whole observation can do a little better on the exclusive
+    variant, where its previous action and reward carry one step of history). In the
+    continuous form it answers the probability itself, which minimises the expected squared
+    error.
     """
 
     def __init__(self, env: HebbVectorEnv, seed: int | None = None, memory: bool = True) -> None:
         self.stimuli, self.pain = env.obs_layout["stimuli"], env.obs_layout["pain"]
+        self.action, self.reward = env.obs_layout["action"], env.obs_layout["reward"]
         self.continuous = isinstance(env.single_action_space, spaces.Box)
+        self.previous_stimuli = np.zeros((env.num_envs, 2), dtype=bool)
         with np.errstate(divide="ignore"):  # pain_prob = 1: -inf, a calm step rules out
             self.log_calm = np.log1p(-env.rules.pain_prob)  # log P(no pain | paired on)
         self.memory = memory
@@ -129,12 +137,20 @@ class ConditioningIdealObserver:
     def reset(self) -> None:
         self.impossible[:] = False
         self.calm_steps[:] = 0.0
+        self.previous_stimuli[:] = False
 
     def act(self, obs: np.ndarray, info: dict[str, Any]) -> np.ndarray:
         if not self.memory:
             self.reset()
         stimuli = obs[:, self.stimuli] > 0.5
         pain = obs[:, self.pain.start] > 0.5
+        reward = obs[:, self.reward.start]
+        if self.memory and not self.continuous:
+            scored = reward != 0  # 0 in the learning period (and at the first step)
+            feared = obs[:, self.action][:, 1] > 0.5
+            was_on = feared == (reward > 0)  # was the paired stimulus on at the last step
+            self.impossible |= scored[:, None] & (self.previous_stimuli != was_on[:, None])
+        self.previous_stimuli = stimuli
         self.impossible |= pain[:, None] & ~stimuli
         self.calm_steps += ~pain[:, None] & stimuli
         # (no calm step contributes nothing, also where pain_prob = 1 makes log_calm -inf)

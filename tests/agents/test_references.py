@@ -130,6 +130,14 @@ def test_conditioning_learners_bracket_what_memory_is_worth(
     assert (ideal >= memoryless).mean() > 0.99
 
 
+@pytest.mark.parametrize("env_id", ["Hebb-Conditioning-v0", "Hebb-ConditioningIndependent-v0"])
+def test_the_ideal_observer_learns_from_the_rewards_of_its_answers(env_id: str) -> None:
+    # Almost no pain: only the feedback on its answers can tell which stimulus is paired,
+    # and one scored step with a single stimulus on is enough (one wrong answer at most).
+    ideal = evaluate_reference(env_id, "ideal-observer", 500, 3, pain_prob=0.001)
+    assert ideal.mean() > 78.0 and ideal.min() >= 76.0
+
+
 @pytest.mark.parametrize("continuous", [False, True])
 def test_the_ideal_observer_handles_certain_pain(continuous: bool) -> None:
     # pain_prob = 1: a calm step with a stimulus on rules that stimulus out at once
