@@ -33,6 +33,7 @@ def train(
     gae_lambda: float | None = None,
     entropy_coef: float | None = None,
     entropy_kind: Literal["entropy", "sum_squares"] | None = None,
+    modulation_coef: float | None = None,
     grad_clip: float | None = None,
     plastic_rule: Literal["decay", "oja", "clip"] | None = None,
     env_kwargs: str | None = None,
@@ -55,6 +56,8 @@ def train(
         run_dir: where config, checkpoint, metrics.csv and TensorBoard logs go.
         resume: continue the run in run_dir exactly where it stopped.
         overwrite: replace a run already in run_dir.
+        modulation_coef: penalty on M(t)^2 that keeps the neuromodulator out of saturation
+            (default 0, as in the papers).
         env_kwargs: JSON object of env kwargs, e.g. '{"size": 11}'.
     """
     from hebbgym.train.config import TrainConfig
@@ -69,6 +72,7 @@ def train(
         "gae_lambda": gae_lambda,
         "entropy_coef": entropy_coef,
         "entropy_kind": entropy_kind,
+        "modulation_coef": modulation_coef,
         "grad_clip": grad_clip,
         "plastic_rule": plastic_rule,
         "env_kwargs": _parse_json_object("env_kwargs", env_kwargs),

@@ -63,11 +63,14 @@ def a2c_loss(
     entropy_coef: float,
     entropy_kind: str = "entropy",
     gae_lambda: float | None = None,
+    modulation_coef: float = 0.0,
 ) -> LossTerms:
     """The A2C loss of whole episodes, summed over time and averaged over the batch.
 
     The advantage is computed **per sample** (each episode against its own value
     estimates). Monte-Carlo returns by default; GAE(lambda) when ``gae_lambda`` is given.
+    ``modulation_coef`` adds ``coef * sum_t mean_k M_t^2`` (part of ``total``; 0 without a
+    neuromodulator).
     """
     values = rollout.values
     if gae_lambda is None:
@@ -84,4 +87,7 @@ def a2c_loss(
         entropy = entropy_coef * rollout.sum_squares.sum(0).mean()
     else:
         raise ValueError(f"entropy_kind must be 'entropy' or 'sum_squares', got {entropy_kind!r}")
-    return LossTerms(total=policy + value + entropy, policy=policy, value=value, entropy=entropy)
+    total = policy + value + entropy
+    if modulation_coef and rollout.modulation.numel():
+        total = total + modulation_coef * rollout.modulation.pow(2).mean(2).sum(0).mean()
+    return LossTerms(total=total, policy=policy, value=value, entropy=entropy)

@@ -91,6 +91,9 @@ class TrainConfig:
     entropy_coef: float | None = None
     entropy_kind: EntropyKind = "entropy"
     """``entropy``: maximise policy entropy; ``sum_squares``: the papers' penalty on sum(pi^2)."""
+    modulation_coef: float = 0.0
+    """Penalty on the neuromodulator's size, ``coef * sum_t mean_k M_t^2`` per episode (ours;
+    0 in the papers): keeps ``M(t)`` out of its saturated range."""
     grad_clip: float | None = None
     env_kwargs: dict[str, Any] = field(default_factory=dict)
     checkpoint_every: int = 50
@@ -135,6 +138,7 @@ class TrainConfig:
             _number("gae_lambda", self.gae_lambda, 0.0, 1.0)
         _number("value_coef", self.value_coef, 0.0, 1e3)
         _number("entropy_coef", self.entropy_coef, 0.0, 1e3)
+        _number("modulation_coef", self.modulation_coef, 0.0, 1e3)
         _number("grad_clip", self.grad_clip, 0.0, 1e6, open_low=True)
         _number("checkpoint_every", self.checkpoint_every, 1, 10**9, integer=True)
         _number("log_every", self.log_every, 1, 10**9, integer=True)

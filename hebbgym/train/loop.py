@@ -238,6 +238,7 @@ def train(
                 entropy_coef=config.entropy_coef,
                 entropy_kind=config.entropy_kind,
                 gae_lambda=config.gae_lambda,
+                modulation_coef=config.modulation_coef,
             )
             if not torch.isfinite(terms.total):
                 raise TrainingDiverged(

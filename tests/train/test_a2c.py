@@ -82,3 +82,22 @@ def test_sum_squares_regulariser_and_unknown_kind() -> None:
     torch.testing.assert_close(terms.entropy, 0.03 * torch.tensor([1.1, 1.6]).mean())
     with pytest.raises(ValueError, match="entropy_kind"):
         a2c_loss(rollout, 0.9, 0.1, 0.03, entropy_kind="gini")
+
+
+def test_modulation_penalty_by_hand() -> None:
+    values = torch.tensor([[0.5, 0.2], [0.1, 0.4]])
+    m = torch.tensor([[[0.5, -1.0], [0.0, 0.2]], [[1.0, 1.0], [-0.4, 0.0]]], requires_grad=True)
+    rollout = make_rollout(values)._replace(modulation=m)
+    plain = a2c_loss(rollout, gamma=1.0, value_coef=0.1, entropy_coef=0.03)
+    penalised = a2c_loss(rollout, 1.0, 0.1, 0.03, modulation_coef=0.5)
+    # per episode: sum over t of the mean over k of M^2; episode 0: 0.625 + 1.0, episode 1:
+    # 0.02 + 0.08; averaged over the batch and scaled by 0.5
+    expected = 0.5 * ((0.625 + 1.0) + (0.02 + 0.08)) / 2
+    torch.testing.assert_close(penalised.total - plain.total, torch.tensor(expected))
+    penalised.total.backward()
+    torch.testing.assert_close(m.grad, 0.5 * 2 * m.detach() / 2 / 2)  # d/dM of coef*M^2/K/B
+    no_modulator = make_rollout(values)  # K = 0: nothing to penalise
+    assert (
+        a2c_loss(no_modulator, 1.0, 0.1, 0.03, modulation_coef=0.5).total
+        == a2c_loss(no_modulator, 1.0, 0.1, 0.03).total
+    )
