@@ -10,13 +10,14 @@ a resumed run ends with the parameters of an uninterrupted one.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import math
 import shutil
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -122,8 +123,13 @@ def load_agent(run_dir: Path) -> tuple[TrainConfig, ActorCritic, dict[str, Any]]
 
 
 def _check_same_run(config: TrainConfig, saved: dict[str, Any], path: Path) -> None:
-    """A checkpoint must come from the run it is loaded into (all but the budget)."""
+    """A checkpoint must come from the run it is loaded into (all but the budget). A field
+    added to the config after the checkpoint was written counts as its default there."""
     current = config.to_dict()
+    defaults = {
+        f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not MISSING
+    }
+    saved = {**{k: v for k, v in defaults.items() if k not in saved}, **saved}
     differing = sorted(k for k in current if k != "episodes" and saved.get(k) != current[k])
     if differing:
         details = ", ".join(f"{k}: {saved.get(k)!r} vs {current[k]!r}" for k in differing)
