@@ -18,6 +18,7 @@ import torch
 from hebbgym.train.sb3_baselines import (
     SB3_ALGORITHMS,
     TRAINING_ENVS,
+    _rollout_steps,
     _sb3_model,
     episode_length,
     native_sb3_env,
@@ -34,7 +35,7 @@ def steps_per_second(algorithm: str, env_id: str, env: Any, rollouts: int) -> fl
     """Env-steps per second of ``rollouts`` rollouts of training (the model as the report
     builds it)."""
     model = _sb3_model(algorithm, env, seed=0, length=episode_length(env_id, {}))
-    steps = rollouts * model.n_envs * model.n_steps
+    steps = rollouts * _rollout_steps(model)
     start = time.perf_counter()
     model.learn(steps)
     seconds = time.perf_counter() - start

@@ -165,7 +165,8 @@ def _read_metrics(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
-def _write_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
+def write_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
+    """Replace ``path`` with ``rows`` as a ``metrics.csv`` (all columns, atomically)."""
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=METRICS_COLUMNS)
     writer.writeheader()
@@ -217,7 +218,7 @@ def train(
     for stale in run_dir.glob(".*.tmp-*"):  # left by a write that a crash interrupted
         stale.unlink()
     atomic_write_bytes(run_dir / CONFIG_FILE, json.dumps(config.to_dict(), indent=2).encode())
-    _write_metrics(run_dir / METRICS_FILE, metrics)
+    write_metrics(run_dir / METRICS_FILE, metrics)
 
     from torch.utils.tensorboard import SummaryWriter
     from tqdm import tqdm
@@ -287,7 +288,7 @@ def train(
             bar.update(1)
             bar.set_postfix(reward=f"{reward_mean:.2f}", steps_s=f"{row['steps_per_second']:.0f}")
             if (batch + 1) % config.checkpoint_every == 0 or batch == config.batches - 1:
-                _write_metrics(run_dir / METRICS_FILE, metrics)
+                write_metrics(run_dir / METRICS_FILE, metrics)
                 save_checkpoint(
                     checkpoint_path,
                     agent,

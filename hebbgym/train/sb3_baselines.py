@@ -11,7 +11,6 @@ uninterrupted one.
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 import math
@@ -24,7 +23,7 @@ import numpy as np
 
 from hebbgym.train.checkpoint import atomic_write_bytes
 from hebbgym.train.evaluate import EVALUATION_SEED
-from hebbgym.train.loop import METRICS_COLUMNS
+from hebbgym.train.loop import METRICS_COLUMNS, METRICS_FILE, write_metrics
 
 SB3_ALGORITHMS = ("sb3-a2c", "sb3-recurrent-ppo")
 EVALUATION_FILE = "evaluation.json"
@@ -338,11 +337,7 @@ def _write_sb3_metrics(run_dir: Path, returns: np.ndarray, batch: int, seconds: 
             seconds=seconds * (index + 1) * batch / max(len(returns), 1),
         )
         rows.append(row)
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=METRICS_COLUMNS)
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_bytes(run_dir / "metrics.csv", buffer.getvalue().encode())
+    write_metrics(run_dir / METRICS_FILE, rows)
 
 
 def evaluate_sb3(
