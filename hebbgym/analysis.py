@@ -37,6 +37,7 @@ import torch
 
 from hebbgym.agents.actor_critic import ActorCritic
 from hebbgym.agents.plastic import CoreState
+from hebbgym.envs.base import episode_batch_seeds
 from hebbgym.train.config import TrainConfig
 from hebbgym.train.evaluate import EVALUATION_BATCH, EVALUATION_SEED
 from hebbgym.train.loop import make_env
@@ -279,7 +280,7 @@ def evaluation_tasks(
 ) -> np.ndarray:
     """The hidden task (``info["task"]``) of each of the ``episodes`` held-out episodes, in
     the order :func:`~hebbgym.train.evaluate.evaluate_agent` and the SB3 evaluation play
-    them (batches of ``batch_size`` seeded ``seed + index * batch_size``). Tasks that are one
+    them (:func:`~hebbgym.envs.base.episode_batch_seeds`). Tasks that are one
     number per episode only (the paired stimulus, the first good arm); not cue–reward's."""
     import gymnasium as gym
 
@@ -288,8 +289,8 @@ def evaluation_tasks(
         env_id, num_envs=batch_size, vectorization_mode="vector_entry_point", **(env_kwargs or {})
     )
     tasks = []
-    for index in range(-(-episodes // batch_size)):
-        _, info = env.reset(seed=seed + index * batch_size)
+    for batch_seed in episode_batch_seeds(episodes, batch_size, seed):
+        _, info = env.reset(seed=batch_seed)
         if isinstance(info["task"], dict):
             env.close()
             raise ValueError(f"{env_id}'s task is not one number per episode")

@@ -25,6 +25,7 @@ from hebbgym.analysis import (
     reward_triggered_average,
     sensor_weights,
 )
+from hebbgym.envs.base import episode_batch_seeds
 from hebbgym.train.config import TrainConfig
 from hebbgym.train.evaluate import EVALUATION_SEED, evaluate_agent
 
@@ -165,3 +166,20 @@ def test_the_split_by_paired_stimulus_is_aligned_with_the_evaluation_episodes(tm
         {"fear when S2": [(split[0], split[1])]}, {"ideal": (79.5, 79.5)}, tmp_path / "s.png", "t"
     )
     assert iio.imread(out).shape[2] in (3, 4)
+
+
+def test_every_batch_size_plays_the_same_held_out_episodes() -> None:
+    """Episode k of an evaluation is the single env seeded EVALUATION_SEED + k, whatever the
+    batching: the contract that lets agents, SB3 models and references share one held-out set."""
+    env_id, episodes = "Hebb-ConditioningIndependent-v0", 23
+    singles = []
+    for k in range(episodes):
+        env = gym.make(env_id)
+        singles.append(env.reset(seed=EVALUATION_SEED + k)[1]["task"])
+        env.close()
+    for batch_size in (1, 5, 23, 100):
+        tasks = evaluation_tasks(env_id, episodes, batch_size=batch_size)
+        assert tasks.tolist() == singles, batch_size
+    assert episode_batch_seeds(23, 5, 7) == [7, 12, 17, 22, 27]
+    with pytest.raises(ValueError, match="batch_size must be >= 1"):
+        episode_batch_seeds(10, 0, 0)

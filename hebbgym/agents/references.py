@@ -19,7 +19,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from hebbgym.envs.base import HebbVectorEnv
+from hebbgym.envs.base import HebbVectorEnv, episode_batch_seeds
 from hebbgym.envs.maze import MOVES
 
 
@@ -428,15 +428,13 @@ def evaluate_reference(
     )
     policy = reference_policy(env_id, name, env.unwrapped, seed)
     returns = []
-    batch_index = 0
-    while len(returns) * num_envs < episodes:
-        obs, info = env.reset(seed=seed + batch_index * num_envs)
+    for batch_seed in episode_batch_seeds(episodes, num_envs, seed):
+        obs, info = env.reset(seed=batch_seed)
         policy.reset()
         total = np.zeros(num_envs)
         for _ in range(env.unwrapped.batch.length):
             obs, reward, _, _, info = env.step(policy.act(obs, info))
             total += reward
         returns.append(total)
-        batch_index += 1
     env.close()
     return np.concatenate(returns)[:episodes]

@@ -160,6 +160,19 @@ class TaskRules(ABC):
             return [self.check_task(one) for one in task]
 
 
+def episode_batch_seeds(episodes: int, batch_size: int, seed: int) -> list[int]:
+    """Reset seeds of the batches of ``batch_size`` sub-envs that play the episodes seeded
+    ``seed``, ``seed + 1``, ... (at least ``episodes`` of them: callers drop the surplus).
+
+    Sub-env ``i`` of a batch reset with ``s`` plays episode ``s + i``, so every batch size
+    plays the same episodes in the same order. That is what lets agents, stable-baselines3
+    models and reference policies be scored on one held-out set.
+    """
+    check_int("episodes", episodes, low=1)
+    check_int("batch_size", batch_size, low=1)
+    return [seed + start for start in range(0, episodes, batch_size)]
+
+
 def _has_length(value: Any, length: int) -> bool:
     return isinstance(value, Sequence | np.ndarray) and len(value) == length
 

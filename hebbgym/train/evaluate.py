@@ -14,6 +14,7 @@ import torch
 
 from hebbgym.agents.actor_critic import ActorCritic
 from hebbgym.agents.references import REFERENCE_POLICIES, evaluate_reference
+from hebbgym.envs.base import episode_batch_seeds
 from hebbgym.train.config import TrainConfig
 from hebbgym.train.loop import load_agent, make_env
 from hebbgym.train.rollout import collect_rollout
@@ -32,7 +33,8 @@ def evaluate_agent(
     greedy: bool = False,
     batch_size: int = EVALUATION_BATCH,
 ) -> np.ndarray:
-    """Returns of ``episodes`` episodes; episode seeds follow :func:`evaluate_reference`."""
+    """Returns of the ``episodes`` episodes seeded ``seed``, ``seed + 1``, ... (see
+    :func:`~hebbgym.envs.base.episode_batch_seeds`)."""
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}")
     batch_size = min(batch_size, episodes)
@@ -40,8 +42,8 @@ def evaluate_agent(
     generator = torch.Generator().manual_seed(seed)
     returns = []
     with torch.no_grad():
-        for index in range(-(-episodes // batch_size)):
-            rollout = collect_rollout(env, agent, seed + index * batch_size, generator, greedy)
+        for batch_seed in episode_batch_seeds(episodes, batch_size, seed):
+            rollout = collect_rollout(env, agent, batch_seed, generator, greedy)
             returns.append(rollout.rewards.sum(0).numpy())
     env.close()
     return np.concatenate(returns)[:episodes].astype(np.float64)

@@ -21,6 +21,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
+from hebbgym.envs.base import episode_batch_seeds
 from hebbgym.train.checkpoint import atomic_write_bytes
 from hebbgym.train.evaluate import EVALUATION_SEED
 from hebbgym.train.loop import METRICS_COLUMNS, METRICS_FILE, write_metrics
@@ -355,8 +356,8 @@ def evaluate_sb3(
         env_id, num_envs=batch, vectorization_mode="vector_entry_point", **env_kwargs
     )
     returns = []
-    for index in range(-(-episodes // batch)):
-        obs, _ = env.reset(seed=seed + index * batch)
+    for batch_seed in episode_batch_seeds(episodes, batch, seed):
+        obs, _ = env.reset(seed=batch_seed)
         states, starts = None, np.ones(batch, dtype=bool)
         total = np.zeros(batch)
         for _ in range(env.unwrapped.batch.length):
