@@ -42,6 +42,7 @@ from hebbgym.train.loop import (
     CHECKPOINT_FILE,
     CONFIG_FILE,
     RUN_FILES,
+    divergence_record,
     load_run_config,
     metrics_table,
     train,
@@ -199,6 +200,22 @@ def is_finished(trial: Trial) -> bool:
     return path.exists() and load_checkpoint(path).progress["batch"] >= trial.config.batches - 1
 
 
+def repeated_divergence(trial: Trial) -> str | None:
+    """The message of the divergence that resuming ``trial`` would only repeat, or ``None``.
+
+    Training is deterministic, so a run resumed from the checkpoint it diverged from, with the
+    same settings, diverges at the same batch again. Deleting the run's ``diverged.json`` (or
+    ``hebbgym train --resume`` on it) retries it anyway, e.g. on another machine.
+    """
+    record = divergence_record(trial.run_dir)
+    if record is None:
+        return None
+    check_saved_config(trial)
+    path = trial.run_dir / CHECKPOINT_FILE
+    batch = int(load_checkpoint(path).progress["batch"]) if path.exists() else -1
+    return record["message"] if record["checkpoint_batch"] == batch else None
+
+
 def run_trial(trial: Trial) -> dict[str, Any]:
     """Train one trial to the end, resuming it if a checkpoint exists; finished: no-op."""
     if not is_finished(trial):
@@ -279,15 +296,19 @@ def run_sweep(
 ) -> dict[str, Any]:
     """Run every unfinished trial on Ray Tune (a local instance, or the cluster at
     ``address``), then aggregate. Returns the summary rows and the files written; a trial
-    that fails (e.g. training diverged) is listed under ``failed`` with its last line of
-    error, keeps its last good checkpoint, and is retried when the sweep is run again."""
+    that fails is listed under ``failed`` with its last line of error, keeps its last good
+    checkpoint, and is retried when the sweep is run again; except a divergence, which would
+    repeat (:func:`repeated_divergence`), and stays listed under ``failed``."""
     try:
         import ray
         from ray import tune
     except ImportError as error:
         raise SystemExit(INSTALL_HINT) from error
     trials = sweep.trials()
-    pending = [trial for trial in trials if not is_finished(trial)]
+    pending = [
+        trial for trial in trials if not is_finished(trial) and not repeated_divergence(trial)
+    ]
+    failed: dict[str, str] = {}
     if pending:
         if address is None:
             ray.init(
@@ -322,8 +343,10 @@ def run_sweep(
             for result in results
             if result.error is not None
         }
-    else:
-        failed = {}
+    for trial in trials:
+        message = repeated_divergence(trial)
+        if message is not None:  # worded alike whether it diverged now or in an earlier run
+            failed[trial.run_dir.name] = f"training diverged at {message}"
     summary, curves = aggregate(sweep)
     finished = [trial_result(trial) for trial in trials]
     return {

@@ -11,9 +11,10 @@ import pytest
 import torch
 import yaml
 
-from hebbgym.sweep import INSTALL_HINT, SweepConfig, run_sweep, run_trial
+from hebbgym.sweep import INSTALL_HINT, SweepConfig, repeated_divergence, run_sweep, run_trial
+from hebbgym.train import loop
 from hebbgym.train.checkpoint import load_checkpoint
-from hebbgym.train.loop import CHECKPOINT_FILE, load_agent, metrics_table
+from hebbgym.train.loop import CHECKPOINT_FILE, DIVERGED_FILE, load_agent, metrics_table
 from tests.tiny_sweep import write_tiny_sweep
 
 
@@ -127,3 +128,38 @@ def test_a_changed_sweep_file_is_refused_before_its_old_runs_are_touched(
         run_sweep(SweepConfig.from_file(changed), cpus=1)
     after = {path.name: path.read_bytes() for path in trial.run_dir.iterdir() if path.is_file()}
     assert after == before
+
+
+def test_a_diverged_trial_is_not_retried_from_the_checkpoint_it_diverged_from(
+    sweep_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Training is deterministic, so a rerun would only diverge again: the sweep reports the
+    divergence instead, alike every time, until the record is deleted."""
+    sweep = SweepConfig.from_file(sweep_file)
+    modulated, rnn = sweep.trials()
+    run_trial(modulated)
+    real_loss, calls = loop.a2c_loss, {"n": 0}
+
+    def nan_at_batch_three(*args, **kwargs):
+        terms = real_loss(*args, **kwargs)
+        calls["n"] += 1
+        return terms._replace(total=terms.total * float("nan")) if calls["n"] == 4 else terms
+
+    monkeypatch.setattr(loop, "a2c_loss", nan_at_batch_three)
+    with pytest.raises(loop.TrainingDiverged):
+        run_trial(rnn)
+    monkeypatch.setattr(loop, "a2c_loss", real_loss)
+    assert repeated_divergence(modulated) is None
+    assert repeated_divergence(rnn).startswith("batch 3: loss is nan")
+    stopped = (rnn.run_dir / CHECKPOINT_FILE).stat().st_mtime_ns
+
+    result = run_sweep(sweep, cpus=2)
+    assert result["ran"] == 0
+    assert list(result["failed"]) == [rnn.run_dir.name]
+    assert result["failed"][rnn.run_dir.name].startswith("training diverged at batch 3")
+    assert (rnn.run_dir / CHECKPOINT_FILE).stat().st_mtime_ns == stopped
+
+    (rnn.run_dir / DIVERGED_FILE).unlink()  # the way to retry it
+    retried = run_sweep(sweep, cpus=2)
+    assert retried["ran"] == 1 and retried["failed"] == {}
+    assert load_checkpoint(rnn.run_dir / CHECKPOINT_FILE).progress["batch"] == 5

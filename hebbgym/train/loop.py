@@ -4,7 +4,9 @@ A run directory holds ``config.json`` (the resolved :class:`TrainConfig`),
 ``checkpoint.safetensors`` (latest state, replaced atomically), ``metrics.csv`` (one row per
 logged batch) and ``tb/`` (TensorBoard). ``resume=True`` continues exactly where the last
 checkpoint stopped: same parameters, optimizer moments, sampling RNG and episode seeds, so
-a resumed run ends with the parameters of an uninterrupted one.
+a resumed run ends with the parameters of an uninterrupted one. For the same reason a run
+that diverged would diverge again from the same checkpoint: it leaves ``diverged.json``
+(:func:`divergence_record`) so that a sweep does not retry it.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ CONFIG_FILE = "config.json"
 CHECKPOINT_FILE = "checkpoint.safetensors"
 METRICS_FILE = "metrics.csv"
 TENSORBOARD_DIR = "tb"
+DIVERGED_FILE = "diverged.json"
 METRICS_COLUMNS = (
     "episode",
     "batch",
@@ -57,7 +60,7 @@ METRICS_COLUMNS = (
     "seconds",
     "steps_per_second",
 )
-RUN_FILES = (CONFIG_FILE, CHECKPOINT_FILE, METRICS_FILE, TENSORBOARD_DIR)
+RUN_FILES = (CONFIG_FILE, CHECKPOINT_FILE, METRICS_FILE, TENSORBOARD_DIR, DIVERGED_FILE)
 
 
 class TrainingDiverged(RuntimeError):
@@ -97,6 +100,22 @@ def make_agent(config: TrainConfig, env: gym.vector.VectorEnv) -> ActorCritic:
         modulation=config.modulation,
         match_baselines=hidden is None,
     )
+
+
+def divergence_record(run_dir: Path) -> dict[str, Any] | None:
+    """What a run that diverged left behind: ``message`` and ``checkpoint_batch`` (the batch
+    of the last good checkpoint it diverged from, -1 for none); ``None`` if it did not."""
+    path = run_dir / DIVERGED_FILE
+    if not path.exists():
+        return None
+    try:
+        record = json.loads(path.read_text())
+        return {
+            "message": str(record["message"]),
+            "checkpoint_batch": int(record["checkpoint_batch"]),
+        }
+    except (ValueError, KeyError, TypeError) as error:
+        raise ValueError(f"{path} is not a divergence record ({error!r}); delete it") from error
 
 
 def load_run_config(run_dir: Path) -> TrainConfig:
@@ -219,6 +238,8 @@ def train(
         stale.unlink()
     atomic_write_bytes(run_dir / CONFIG_FILE, json.dumps(config.to_dict(), indent=2).encode())
     write_metrics(run_dir / METRICS_FILE, metrics)
+    (run_dir / DIVERGED_FILE).unlink(missing_ok=True)  # this attempt writes its own
+    saved_batch = start_batch - 1
 
     from torch.utils.tensorboard import SummaryWriter
     from tqdm import tqdm
@@ -297,6 +318,11 @@ def train(
                     config.to_dict(),
                     {"batch": batch, "episodes": row["episode"], "seconds": elapsed},
                 )
+                saved_batch = batch
+    except TrainingDiverged as error:
+        record = {"message": str(error), "checkpoint_batch": saved_batch}
+        atomic_write_bytes(run_dir / DIVERGED_FILE, json.dumps(record).encode())
+        raise
     finally:
         bar.close()
         writer.close()

@@ -13,7 +13,15 @@ from safetensors.torch import save_file
 import hebbgym.train.loop as loop
 from hebbgym.train.checkpoint import CheckpointError, load_checkpoint
 from hebbgym.train.config import TrainConfig
-from hebbgym.train.loop import CHECKPOINT_FILE, METRICS_FILE, TrainingDiverged, load_agent, train
+from hebbgym.train.loop import (
+    CHECKPOINT_FILE,
+    DIVERGED_FILE,
+    METRICS_FILE,
+    TrainingDiverged,
+    divergence_record,
+    load_agent,
+    train,
+)
 
 TINY = TrainConfig(
     env_id="Hebb-ReversalBandit-v0",
@@ -174,6 +182,17 @@ def test_non_finite_loss_stops_with_the_batch_and_keeps_the_last_checkpoint(
     with pytest.raises(TrainingDiverged, match="batch 3: loss is nan"):
         train(TINY, tmp_path, progress=False)
     assert load_checkpoint(tmp_path / CHECKPOINT_FILE).progress["batch"] == 1
+    record = divergence_record(tmp_path)
+    assert record is not None and record["checkpoint_batch"] == 1
+    assert record["message"].startswith("batch 3: loss is nan")
+
+    # An explicit resume retries; once it gets through, the record is gone.
+    monkeypatch.setattr(loop, "a2c_loss", real_loss)
+    train(TINY, tmp_path, resume=True, progress=False)
+    assert divergence_record(tmp_path) is None
+    (tmp_path / DIVERGED_FILE).write_text("{not json")
+    with pytest.raises(ValueError, match="not a divergence record"):
+        divergence_record(tmp_path)
 
 
 @pytest.mark.parametrize(
