@@ -1,10 +1,12 @@
-"""A2C losses for whole episodes: returns, advantages and the loss terms.
+"""A2C losses for whole episodes: returns, advantages and the loss terms; and the gradient
+clipping of the update.
 
-Pure functions of tensors, so each is tested against values computed by hand.
+The losses are pure functions of tensors, so each is tested against values computed by hand.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import NamedTuple
 
 import torch
@@ -91,3 +93,25 @@ def a2c_loss(
     if modulation_coef and rollout.modulation.numel():
         total = total + modulation_coef * rollout.modulation.pow(2).mean(2).sum(0).mean()
     return LossTerms(total=total, policy=policy, value=value, entropy=entropy)
+
+
+def clip_gradients(parameters: Iterable[torch.nn.Parameter], max_norm: float) -> float:
+    """Scale the gradients to a total norm of at most ``max_norm``; return the norm before.
+
+    The norm is taken in float64. Backpropagation through a whole episode can give a plastic
+    core finite gradient elements of 1e19 (measured: the maze's retroactive agent), whose
+    squares overflow float32; ``torch.nn.utils.clip_grad_norm_`` then reports an infinite
+    norm and scales the step to zero or NaN. Here such a gradient is clipped like any other,
+    and only non-finite elements give a non-finite norm (the step is then left unscaled).
+    """
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if not grads:
+        return 0.0
+    norm = torch.linalg.vector_norm(
+        torch.stack([torch.linalg.vector_norm(g, dtype=torch.float64) for g in grads])
+    )
+    if torch.isfinite(norm) and norm > max_norm:
+        scale = max_norm / (norm.item() + 1e-6)
+        for g in grads:
+            g.mul_(scale)
+    return norm.item()

@@ -29,7 +29,7 @@ import torch
 
 from hebbgym.agents.actor_critic import ActorCritic, build_agent
 from hebbgym.agents.baselines import count_parameters
-from hebbgym.train.a2c import a2c_loss
+from hebbgym.train.a2c import a2c_loss, clip_gradients
 from hebbgym.train.checkpoint import (
     CheckpointError,
     atomic_write_bytes,
@@ -275,10 +275,10 @@ def train(
                 )
             optimizer.zero_grad()
             terms.total.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(agent.parameters(), config.grad_clip)
-            if not torch.isfinite(grad_norm):
+            grad_norm = clip_gradients(agent.parameters(), config.grad_clip)
+            if not math.isfinite(grad_norm):
                 raise TrainingDiverged(
-                    f"batch {batch}: gradient norm is {grad_norm.item()}; "
+                    f"batch {batch}: gradient norm is {grad_norm}; "
                     f"the last good checkpoint is kept in {run_dir}"
                 )
             optimizer.step()
@@ -295,7 +295,7 @@ def train(
                 "policy_loss": terms.policy.item(),
                 "value_loss": terms.value.item(),
                 "entropy": rollout.entropies.mean().item(),
-                "grad_norm": grad_norm.item(),
+                "grad_norm": grad_norm,
                 "modulation_abs_mean": rollout.modulation.abs().mean().item()
                 if rollout.modulation.numel()
                 else 0.0,

@@ -1,11 +1,19 @@
-"""Returns, advantages and loss terms against values computed by hand."""
+"""Returns, advantages, loss terms and gradient clipping against values computed by hand."""
 
 from __future__ import annotations
+
+import math
 
 import pytest
 import torch
 
-from hebbgym.train.a2c import Rollout, a2c_loss, discounted_returns, gae_advantages
+from hebbgym.train.a2c import (
+    Rollout,
+    a2c_loss,
+    clip_gradients,
+    discounted_returns,
+    gae_advantages,
+)
 
 
 def test_discounted_returns_by_hand() -> None:
@@ -101,3 +109,33 @@ def test_modulation_penalty_by_hand() -> None:
         a2c_loss(no_modulator, 1.0, 0.1, 0.03, modulation_coef=0.5).total
         == a2c_loss(no_modulator, 1.0, 0.1, 0.03).total
     )
+
+
+def test_gradient_clipping_matches_torch_and_survives_float32_overflow() -> None:
+    def params_with(*grads: torch.Tensor) -> list[torch.nn.Parameter]:
+        params = [torch.nn.Parameter(torch.zeros_like(g)) for g in grads]
+        for p, g in zip(params, grads, strict=True):
+            p.grad = g.clone()
+        return params
+
+    ordinary = (torch.tensor([3.0, -4.0]), torch.tensor([[12.0]]))
+    ours, theirs = params_with(*ordinary), params_with(*ordinary)
+    assert clip_gradients(ours, 2.0) == pytest.approx(13.0)
+    torch.nn.utils.clip_grad_norm_(theirs, 2.0)
+    for a, b in zip(ours, theirs, strict=True):
+        torch.testing.assert_close(a.grad, b.grad)
+
+    small = params_with(torch.tensor([0.3, 0.4]))
+    assert clip_gradients(small, 2.0) == pytest.approx(0.5)
+    assert small[0].grad.tolist() == pytest.approx([0.3, 0.4])  # below the bound: untouched
+
+    # Finite elements of 1e19 (as a plastic core's BPTT gradient can be): torch's float32
+    # norm overflows to inf; ours clips to the bound and keeps the direction.
+    huge = params_with(torch.tensor([3e19, -4e19]), torch.tensor([0.0]))
+    assert math.isinf(torch.nn.utils.clip_grad_norm_(params_with(huge[0].grad), 2.0).item())
+    assert clip_gradients(huge, 2.0) == pytest.approx(5e19)
+    assert huge[0].grad.tolist() == pytest.approx([1.2, -1.6])
+
+    broken = params_with(torch.tensor([1.0, float("nan")]))
+    assert math.isnan(clip_gradients(broken, 2.0))
+    assert clip_gradients(params_with(), 2.0) == 0.0
