@@ -23,6 +23,7 @@ from hebbgym.train.sb3_baselines import (
     EVALUATION_FILE,
     SB3_ALGORITHMS,
     episode_length,
+    sb3_trained,
     train_sb3,
 )
 
@@ -73,10 +74,13 @@ def reproduce(
     evaluation_episodes: int = 1000,
     sb3: tuple[str, ...] = SB3_ALGORITHMS,
     cpus: int | None = None,
+    sb3_trained_only: bool = False,
 ) -> Path:
     """Run (or resume) a task's sweep and the ``sb3`` baselines (any of
     :data:`SB3_ALGORITHMS`; ``()`` for none), evaluate everything on the same episodes, and
-    write ``report_dir/<name>.md`` with its learning-curve PNG."""
+    write ``report_dir/<name>.md`` with its learning-curve PNG. With ``sb3_trained_only`` the
+    SB3 runs not yet trained to the budget are left as they are and listed on the page (an SB3
+    baseline can take hours per seed on a small machine; the page can show the seeds done)."""
     unknown = sorted(set(sb3) - set(SB3_ALGORITHMS))
     if unknown:
         raise ValueError(f"unknown SB3 algorithm(s) {unknown}; known: {list(SB3_ALGORITHMS)}")
@@ -96,12 +100,18 @@ def reproduce(
         finals.setdefault(trial.config.agent, []).append(float(np.mean(result["returns"])))
         greedy.setdefault(trial.config.agent, []).append(_mean_or_nan(result, "greedy_returns"))
         seconds.setdefault(trial.config.agent, []).append(result["seconds"])
+    untrained: dict[str, list[int]] = {}
+    seeds = sorted({trial.config.seed for trial in trials})
     if sb3:
-        seeds = sorted({trial.config.seed for trial in trials})
         env_steps = trials[0].config.batches * trials[0].config.batch_size * length
         for algorithm in sb3:
             for seed in seeds:
                 run_dir = sweep.directory / f"{algorithm}-seed={seed}"
+                if sb3_trained_only and not sb3_trained(
+                    algorithm, env_id, env_steps, seed, run_dir, env_kwargs
+                ):
+                    untrained.setdefault(algorithm, []).append(seed)
+                    continue
                 result = train_sb3(
                     algorithm, env_id, env_steps, seed, run_dir, evaluation_episodes, env_kwargs
                 )
@@ -135,7 +145,14 @@ def reproduce(
         references,
         curves.name,
         evaluation_episodes,
+        len(seeds),
     )
+    if untrained:
+        text += "\nNot yet trained to the budget (the recipe resumes them):\n\n"
+        text += "".join(
+            f"- {algorithm}: seed{'s' if len(left) > 1 else ''} {', '.join(map(str, left))}\n"
+            for algorithm, left in untrained.items()
+        )
     if failed:
         text += "\nRuns that stopped early (evaluated at their last good checkpoint):\n\n"
         here = f"{Path.cwd()}/"  # the report names run directories relative to the repository
@@ -160,6 +177,7 @@ def _markdown(
     references: dict[str, float],
     curves: str,
     evaluation_episodes: int,
+    seed_count: int,
 ) -> str:
     random_mean, oracle_mean = references["random"], references["oracle"]
 
@@ -178,7 +196,7 @@ def _markdown(
         f"## {env_id}" + (f" ({env_kwargs})" if env_kwargs else ""),
         "",
         f"Budget per run: {trial.config.batches * trial.config.batch_size} training episodes; "
-        f"{len(next(iter(finals.values())))} seeds per agent; final evaluation on the same "
+        f"{seed_count} seeds per agent; final evaluation on the same "
         f"{evaluation_episodes} held-out episodes for every run (weights frozen, plasticity on), "
         "with actions sampled from the policy and with the most likely action (greedy).",
         "",
@@ -191,8 +209,11 @@ def _markdown(
     ]
     for agent, values in finals.items():
         low, median, high = np.percentile(values, [25, 50, 75])
+        label = (
+            agent if len(values) == seed_count else f"{agent} ({len(values)} of {seed_count} seeds)"
+        )
         lines.append(
-            f"| {agent} | {median:.2f} | {low:.2f}–{high:.2f} | {score(median):.2f} "
+            f"| {label} | {median:.2f} | {low:.2f}–{high:.2f} | {score(median):.2f} "
             f"| {p_value(agent, finals)} | {np.median(greedy[agent]):.2f} "
             f"| {p_value(agent, greedy)} | {np.median(seconds[agent]):.0f} s |"
         )
@@ -218,9 +239,21 @@ def main(sweep_file: str) -> None:
         help="which stable-baselines3 baselines to run (default: all)",
     )
     parser.add_argument("--cpus", type=int, default=None, help="CPUs of the local Ray instance")
+    parser.add_argument(
+        "--sb3-trained-only",
+        action="store_true",
+        help="leave SB3 runs not yet trained to the budget as they are, listed on the page",
+    )
     parser.add_argument("--episodes", type=int, default=1000, help="evaluation episodes per seed")
     parser.add_argument("--report-dir", default="docs/results")
     args = parser.parse_args()
     algorithms = () if args.no_sb3 else tuple(args.sb3)
-    page = reproduce(sweep_file, args.report_dir, args.episodes, sb3=algorithms, cpus=args.cpus)
+    page = reproduce(
+        sweep_file,
+        args.report_dir,
+        args.episodes,
+        sb3=algorithms,
+        cpus=args.cpus,
+        sb3_trained_only=args.sb3_trained_only,
+    )
     print(f"wrote {page}")

@@ -13,6 +13,7 @@ from hebbgym.experiments import EVALUATION_FILE, rank_sum_p, reproduce
 from hebbgym.pretrained import export_best_of_sweep
 from hebbgym.sweep import SweepConfig, run_trial
 from hebbgym.train.checkpoint import load_checkpoint
+from hebbgym.train.sb3_baselines import sb3_trained, train_sb3
 from tests.tiny_sweep import write_tiny_sweep
 
 
@@ -112,3 +113,30 @@ def test_an_evaluation_of_another_checkpoint_or_size_is_computed_again(tmp_path:
     assert result["episodes_trained"] == 16 and len(result["greedy_returns"]) == 20
     reproduce(sweep_file, tmp_path / "report", 12, sb3=())
     assert len(json.loads(cache.read_text())["returns"]) == 12
+
+
+def test_with_sb3_trained_only_the_page_shows_the_seeds_done_and_lists_the_rest(
+    tmp_path: Path,
+) -> None:
+    sweep_file = write_tiny_sweep(tmp_path / "part.yaml", ["modulated"], [0, 1, 2], episodes=8)
+    sweep = SweepConfig.from_file(sweep_file)
+    for trial in sweep.trials():
+        run_trial(trial)  # so reproduce needs no Ray
+    budget = 2 * 4 * 10  # 2 batches of 4 10-step episodes
+    done, partial = sweep.directory / "sb3-a2c-seed=0", sweep.directory / "sb3-a2c-seed=1"
+    train_sb3("sb3-a2c", "Hebb-ReversalBandit-v0", budget, 0, done, 20, {"episode_length": 10})
+    train_sb3("sb3-a2c", "Hebb-ReversalBandit-v0", 40, 1, partial, 20, {"episode_length": 10})
+    assert not sb3_trained(
+        "sb3-a2c", "Hebb-ReversalBandit-v0", budget, 1, partial, {"episode_length": 10}
+    )
+    before = {path.name: path.stat().st_mtime_ns for path in partial.iterdir()}
+
+    page = reproduce(sweep_file, tmp_path / "report", 20, sb3=("sb3-a2c",), sb3_trained_only=True)
+    text = page.read_text()
+    row = next(line for line in text.splitlines() if line.startswith("| sb3-a2c"))
+    seed0 = json.loads((done / EVALUATION_FILE).read_text())
+    assert row.startswith(f"| sb3-a2c (1 of 3 seeds) | {np.mean(seed0['returns']):.2f} |")
+    assert "Not yet trained to the budget (the recipe resumes them):" in text
+    assert "\n- sb3-a2c: seeds 1, 2\n" in text
+    assert {path.name: path.stat().st_mtime_ns for path in partial.iterdir()} == before
+    assert not (sweep.directory / "sb3-a2c-seed=2").exists()

@@ -224,7 +224,7 @@ def train_sb3(
     _algorithm_class(algorithm)  # an unknown algorithm is refused before anything is written
     if isinstance(checkpoints, bool) or not isinstance(checkpoints, int) or checkpoints < 1:
         raise ValueError(f"checkpoints must be a positive integer, got {checkpoints!r}")
-    identity = {"algorithm": algorithm, "env_id": env_id, "seed": seed, "env_kwargs": env_kwargs}
+    identity = _identity(algorithm, env_id, seed, env_kwargs)
     evaluation = run_dir / EVALUATION_FILE
     if evaluation.exists():  # reused only for these settings, budget and evaluation episodes
         cached = _load_evaluation(evaluation, identity)
@@ -267,6 +267,29 @@ def train_sb3(
         result[key] = returns.tolist()
     atomic_write_bytes(evaluation, json.dumps(result).encode())
     return result
+
+
+def sb3_trained(
+    algorithm: str,
+    env_id: str,
+    env_steps: int,
+    seed: int,
+    run_dir: Path,
+    env_kwargs: dict[str, Any] | None = None,
+) -> bool:
+    """Whether ``run_dir`` holds this SB3 run trained to ``env_steps``, so that
+    :func:`train_sb3` only evaluates it (or reads its cached evaluation). A directory of other
+    settings is refused, as :func:`train_sb3` refuses it."""
+    identity = _identity(algorithm, env_id, seed, env_kwargs or {})
+    evaluation = run_dir / EVALUATION_FILE
+    if evaluation.exists() and _load_evaluation(evaluation, identity)["env_steps"] == env_steps:
+        return True
+    return _load_progress(run_dir, identity)["env_steps_done"] >= env_steps
+
+
+def _identity(algorithm: str, env_id: str, seed: int, env_kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The settings an SB3 run directory's files record (:data:`IDENTITY_KEYS`)."""
+    return {"algorithm": algorithm, "env_id": env_id, "seed": seed, "env_kwargs": env_kwargs}
 
 
 def _load_evaluation(path: Path, identity: dict[str, Any]) -> dict[str, Any]:
