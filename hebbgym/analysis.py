@@ -23,8 +23,13 @@ expects, as arrays (tested) and as PNG figures (matplotlib, headless).
   paired), which tells a run that solves both halves of the task from one that solves one
   half and falls back to a memoryless guess on the other.
 
+* :func:`final_modulation` and :func:`plot_modulation_vs_score`: where each neuromodulated
+  run's M(t) ended up against how well it did, across tasks; a saturated modulator goes with
+  a run that has not learnt.
+
 ``scripts/analyse_agent.py`` makes the per-agent figures for a run directory or a pretrained
-agent, ``scripts/analyse_sweep.py`` the split of a sweep.
+agent, ``scripts/analyse_sweep.py`` the split of a sweep, ``scripts/analyse_modulation.py``
+the modulator figure of several sweeps.
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ from hebbgym.agents.plastic import CoreState
 from hebbgym.envs.base import episode_batch_seeds
 from hebbgym.train.config import TrainConfig
 from hebbgym.train.evaluate import EVALUATION_BATCH, EVALUATION_SEED
-from hebbgym.train.loop import make_env
+from hebbgym.train.loop import make_env, metrics_table
 from hebbgym.train.rollout import to_env_actions
 
 
@@ -333,6 +338,64 @@ def plot_paired_split(
     axis.set_ylabel("mean reward, episodes where S2 is paired")
     axis.set_title(title, fontsize=9)
     axis.legend(fontsize=8, loc="lower left")
+    axis.grid(alpha=0.3)
+    figure.tight_layout()
+    return _save(figure, out, plt)
+
+
+def final_modulation(run_dir: str | Path, fraction: float = 0.1) -> float:
+    """Mean |M(t)| of a run over the last ``fraction`` of its logged batches (``metrics.csv``):
+    where its neuromodulator ended up, saturated (near 1) or not."""
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    values = metrics_table(run_dir)["modulation_abs_mean"]
+    if len(values) == 0:
+        raise ValueError(f"{run_dir} has no logged batches yet")
+    return float(values[-max(1, int(len(values) * fraction)) :].mean())
+
+
+@dataclass(frozen=True)
+class ModulationOutcome:
+    """One neuromodulated run: where its modulator ended and how well it did."""
+
+    task: str
+    agent: str
+    penalised: bool  # trained with a penalty on M(t)^2
+    modulation: float  # final_modulation of the run
+    score: float  # held-out (agent - random) / (oracle - random)
+
+
+def plot_modulation_vs_score(
+    outcomes: list[ModulationOutcome], out: str | Path, title: str
+) -> Path:
+    """One point per run: its final mean |M(t)| against its normalised held-out score, colour
+    by task, shape by agent, hollow when trained with the M(t)^2 penalty."""
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(7.2, 4.6), dpi=110)
+    tasks = sorted({o.task for o in outcomes})
+    agents = sorted({o.agent for o in outcomes})
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for o in outcomes:
+        color = colors[tasks.index(o.task) % len(colors)]
+        axis.scatter(
+            [o.modulation],
+            [o.score],
+            s=40,
+            marker="o^sD"[agents.index(o.agent) % 4],
+            facecolors="none" if o.penalised else color,
+            edgecolors=color,
+            alpha=0.8,
+        )
+    for k, task in enumerate(tasks):
+        axis.scatter([], [], color=colors[k % len(colors)], label=task)
+    for k, agent in enumerate(agents):
+        axis.scatter([], [], color="grey", marker="o^sD"[k % 4], label=agent)
+    axis.scatter([], [], facecolors="none", edgecolors="grey", label="with M(t)² penalty")
+    axis.set_xlim(0, 1)
+    axis.set_xlabel("mean |M(t)| over the last 10 % of training")
+    axis.set_ylabel("held-out score (0 random, 1 oracle)")
+    axis.set_title(title, fontsize=9)
+    axis.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5))
     axis.grid(alpha=0.3)
     figure.tight_layout()
     return _save(figure, out, plt)

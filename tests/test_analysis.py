@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import gymnasium as gym
 import imageio.v3 as iio
 import numpy as np
@@ -14,10 +16,13 @@ from hebbgym.analysis import (
     PROBES,
     SENSORS,
     EpisodeRecord,
+    ModulationOutcome,
     conditioning_probe,
     evaluation_tasks,
+    final_modulation,
     mean_by_task,
     plot_modulation_around_rewards,
+    plot_modulation_vs_score,
     plot_paired_split,
     plot_plasticity,
     plot_sensor_weights,
@@ -28,6 +33,7 @@ from hebbgym.analysis import (
 from hebbgym.envs.base import episode_batch_seeds
 from hebbgym.train.config import TrainConfig
 from hebbgym.train.evaluate import EVALUATION_SEED, evaluate_agent
+from hebbgym.train.loop import METRICS_COLUMNS, METRICS_FILE, write_metrics
 
 MAZE = TrainConfig(env_id="Hebb-Maze-v0", hidden_size=10, env_kwargs={"episode_length": 40})
 
@@ -183,3 +189,25 @@ def test_every_batch_size_plays_the_same_held_out_episodes() -> None:
     assert episode_batch_seeds(23, 5, 7) == [7, 12, 17, 22, 27]
     with pytest.raises(ValueError, match="batch_size must be >= 1"):
         episode_batch_seeds(10, 0, 0)
+
+
+def test_final_modulation_is_the_mean_over_the_last_tenth_of_training(tmp_path: Path) -> None:
+    rows = []
+    for batch in range(40):
+        row = dict.fromkeys(METRICS_COLUMNS, 0.0)
+        row.update(batch=batch, episode=batch + 1, modulation_abs_mean=0.9 if batch >= 36 else 0.1)
+        rows.append(row)
+    write_metrics(tmp_path / METRICS_FILE, rows)
+    assert final_modulation(tmp_path) == pytest.approx(0.9)  # the last 4 of 40 batches
+    assert final_modulation(tmp_path, fraction=1.0) == pytest.approx(0.18)
+    with pytest.raises(ValueError, match="fraction"):
+        final_modulation(tmp_path, fraction=0.0)
+    write_metrics(tmp_path / METRICS_FILE, [])
+    with pytest.raises(ValueError, match="no logged batches"):
+        final_modulation(tmp_path)
+    outcomes = [
+        ModulationOutcome("Maze", "modulated", False, 0.15, 0.27),
+        ModulationOutcome("Maze", "retroactive", True, 0.95, 0.0),
+    ]
+    out = plot_modulation_vs_score(outcomes, tmp_path / "m.png", "t")
+    assert iio.imread(out).shape[2] in (3, 4)
