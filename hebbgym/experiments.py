@@ -17,7 +17,7 @@ import numpy as np
 from hebbgym.agents.references import REFERENCE_POLICIES, evaluate_reference
 from hebbgym.sweep import SweepConfig, Trial, run_sweep
 from hebbgym.train.evaluate import EVALUATION_SEED, evaluate_agent
-from hebbgym.train.loop import load_agent
+from hebbgym.train.loop import CHECKPOINT_FILE, load_agent
 from hebbgym.train.plots import plot_learning_curves
 from hebbgym.train.sb3_baselines import (
     EVALUATION_FILE,
@@ -37,7 +37,7 @@ def rank_sum_p(a: np.ndarray, b: np.ndarray) -> float:
     return float(mannwhitneyu(a, b, alternative="two-sided").pvalue)
 
 
-def _evaluate_trial(trial: Trial, episodes: int) -> dict[str, Any]:
+def evaluate_trial(trial: Trial, episodes: int) -> dict[str, Any]:
     """Held-out returns with sampled and greedy actions (each computed once, then cached in
     the trial's ``evaluation.json``; an older file without greedy returns is completed). A
     cache of another checkpoint (the run was extended or resumed since) or of another number
@@ -94,8 +94,13 @@ def reproduce(
     finals: dict[str, list[float]] = {}
     greedy: dict[str, list[float]] = {}
     seconds: dict[str, list[float]] = {}
+    expected: dict[str, int] = {}  # runs per row when every run is there
     for trial in trials:
-        result = _evaluate_trial(trial, evaluation_episodes)
+        expected[trial.config.agent] = expected.get(trial.config.agent, 0) + 1
+        if not (trial.run_dir / CHECKPOINT_FILE).exists():  # it failed before its first one
+            failed.setdefault(trial.run_dir.name, "no checkpoint to evaluate")
+            continue
+        result = evaluate_trial(trial, evaluation_episodes)
         groups.setdefault(trial.config.agent, []).append(trial.run_dir)
         finals.setdefault(trial.config.agent, []).append(float(np.mean(result["returns"])))
         greedy.setdefault(trial.config.agent, []).append(_mean_or_nan(result, "greedy_returns"))
@@ -105,10 +110,11 @@ def reproduce(
     if sb3:
         env_steps = trials[0].config.batches * trials[0].config.batch_size * length
         for algorithm in sb3:
+            expected[algorithm] = len(seeds)
             for seed in seeds:
                 run_dir = sweep.directory / f"{algorithm}-seed={seed}"
                 if sb3_trained_only and not sb3_trained(
-                    algorithm, env_id, env_steps, seed, run_dir, env_kwargs
+                    algorithm, env_id, env_steps, seed, run_dir, evaluation_episodes, env_kwargs
                 ):
                     untrained.setdefault(algorithm, []).append(seed)
                     continue
@@ -145,7 +151,7 @@ def reproduce(
         references,
         curves.name,
         evaluation_episodes,
-        len(seeds),
+        expected,
     )
     if untrained:
         text += "\nNot yet trained to the budget (the recipe resumes them):\n\n"
@@ -154,7 +160,7 @@ def reproduce(
             for algorithm, left in untrained.items()
         )
     if failed:
-        text += "\nRuns that stopped early (evaluated at their last good checkpoint):\n\n"
+        text += "\nRuns that stopped early (evaluated at their last good checkpoint, if any):\n\n"
         here = f"{Path.cwd()}/"  # the report names run directories relative to the repository
         text += "".join(
             f"- `{name}`: {message.replace(here, '')}\n" for name, message in sorted(failed.items())
@@ -177,7 +183,7 @@ def _markdown(
     references: dict[str, float],
     curves: str,
     evaluation_episodes: int,
-    seed_count: int,
+    expected: dict[str, int],
 ) -> str:
     random_mean, oracle_mean = references["random"], references["oracle"]
 
@@ -187,16 +193,20 @@ def _markdown(
         return (value - random_mean) / (oracle_mean - random_mean)
 
     def p_value(agent: str, table: dict[str, list[float]]) -> str:
-        if agent == "modulated" or np.isnan(table[agent]).any():
+        partial = len(table[agent]) < expected[agent]  # a test of the runs done so far: none
+        if agent == "modulated" or "modulated" not in table or partial:
+            return "—"
+        if np.isnan(table[agent]).any():
             return "—"
         return f"{rank_sum_p(np.array(table['modulated']), np.array(table[agent])):.3g}"
 
-    trial = sweep.trials()[0]
+    trials = sweep.trials()
+    episodes = trials[0].config.batches * trials[0].config.batch_size
     lines = [
         f"## {env_id}" + (f" ({env_kwargs})" if env_kwargs else ""),
         "",
-        f"Budget per run: {trial.config.batches * trial.config.batch_size} training episodes; "
-        f"{seed_count} seeds per agent; final evaluation on the same "
+        f"Budget per run: {episodes} training episodes; "
+        f"{len({t.config.seed for t in trials})} seeds per agent; final evaluation on the same "
         f"{evaluation_episodes} held-out episodes for every run (weights frozen, plasticity on), "
         "with actions sampled from the policy and with the most likely action (greedy).",
         "",
@@ -209,9 +219,8 @@ def _markdown(
     ]
     for agent, values in finals.items():
         low, median, high = np.percentile(values, [25, 50, 75])
-        label = (
-            agent if len(values) == seed_count else f"{agent} ({len(values)} of {seed_count} seeds)"
-        )
+        complete = len(values) == expected[agent]
+        label = agent if complete else f"{agent} ({len(values)} of {expected[agent]} runs)"
         lines.append(
             f"| {label} | {median:.2f} | {low:.2f}–{high:.2f} | {score(median):.2f} "
             f"| {p_value(agent, finals)} | {np.median(greedy[agent]):.2f} "

@@ -204,13 +204,13 @@ def repeated_divergence(trial: Trial) -> str | None:
     """The message of the divergence that resuming ``trial`` would only repeat, or ``None``.
 
     Training is deterministic, so a run resumed from the checkpoint it diverged from, with the
-    same settings, diverges at the same batch again. Deleting the run's ``diverged.json`` (or
-    ``hebbgym train --resume`` on it) retries it anyway, e.g. on another machine.
+    same settings, diverges at the same batch again, unless the sweep now stops before that
+    batch. Deleting the run's ``diverged.json`` retries it anyway, e.g. on another machine
+    (as does ``hebbgym train --resume`` on a run that has a checkpoint).
     """
     record = divergence_record(trial.run_dir)
-    if record is None:
+    if record is None or record["batch"] >= trial.config.batches or is_finished(trial):
         return None
-    check_saved_config(trial)
     path = trial.run_dir / CHECKPOINT_FILE
     batch = int(load_checkpoint(path).progress["batch"]) if path.exists() else -1
     return record["message"] if record["checkpoint_batch"] == batch else None
@@ -306,7 +306,7 @@ def run_sweep(
         raise SystemExit(INSTALL_HINT) from error
     trials = sweep.trials()
     pending = [
-        trial for trial in trials if not is_finished(trial) and not repeated_divergence(trial)
+        trial for trial in trials if not is_finished(trial) and repeated_divergence(trial) is None
     ]
     failed: dict[str, str] = {}
     if pending:

@@ -3,8 +3,9 @@
     python scripts/analyse_modulation.py sweeps/maze.yaml sweeps/reversal_bandit.yaml ...
         [--out docs/results/modulation_vs_score.png]
 
-Reads each trial's ``metrics.csv`` and the evaluation that ``scripts/reproduce_<task>.py``
-cached (sampled actions); trials without one are skipped and named. Prints one line per run.
+Reads each trial's ``metrics.csv`` and its held-out evaluation (sampled actions), the one
+``scripts/reproduce_<task>.py`` cached or, if missing or of an older checkpoint, a new one;
+trials without a checkpoint are skipped and named. Prints one line per run.
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ import numpy as np
 
 from hebbgym.agents.references import evaluate_reference
 from hebbgym.analysis import ModulationOutcome, final_modulation, plot_modulation_vs_score
+from hebbgym.experiments import evaluate_trial
 from hebbgym.sweep import SweepConfig
 from hebbgym.train.evaluate import EVALUATION_SEED
-from hebbgym.train.sb3_baselines import EVALUATION_FILE
+from hebbgym.train.loop import CHECKPOINT_FILE
 
 NEUROMODULATED = ("modulated", "retroactive")
 
@@ -28,18 +30,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("sweep_files", type=Path, nargs="+")
     parser.add_argument("--out", type=Path, default=Path("docs/results/modulation_vs_score.png"))
+    parser.add_argument("--episodes", type=int, default=1000, help="evaluation episodes per run")
     args = parser.parse_args()
     outcomes, scales = [], {}
     for sweep_file in args.sweep_files:
         for trial in SweepConfig.from_file(sweep_file).trials():
             config = trial.config
-            path = trial.run_dir / EVALUATION_FILE
             if config.agent not in NEUROMODULATED:
                 continue
-            if not path.is_file():
-                print(f"{trial.run_dir}: not evaluated yet (scripts/reproduce_*.py)")
+            if not (trial.run_dir / CHECKPOINT_FILE).is_file():
+                print(f"{trial.run_dir}: not trained yet")
                 continue
-            returns = json.loads(path.read_text())["returns"]
+            returns = evaluate_trial(trial, args.episodes)["returns"]
             key = (config.env_id, json.dumps(config.env_kwargs, sort_keys=True), len(returns))
             if key not in scales:
                 scales[key] = [

@@ -126,16 +126,21 @@ def test_with_sb3_trained_only_the_page_shows_the_seeds_done_and_lists_the_rest(
     done, partial = sweep.directory / "sb3-a2c-seed=0", sweep.directory / "sb3-a2c-seed=1"
     train_sb3("sb3-a2c", "Hebb-ReversalBandit-v0", budget, 0, done, 20, {"episode_length": 10})
     train_sb3("sb3-a2c", "Hebb-ReversalBandit-v0", 40, 1, partial, 20, {"episode_length": 10})
-    assert not sb3_trained(
-        "sb3-a2c", "Hebb-ReversalBandit-v0", budget, 1, partial, {"episode_length": 10}
-    )
+    kwargs = {"episode_length": 10}
+    assert not sb3_trained("sb3-a2c", "Hebb-ReversalBandit-v0", budget, 1, partial, 20, kwargs)
+    assert sb3_trained("sb3-a2c", "Hebb-ReversalBandit-v0", budget, 0, done, 20, kwargs)
+    # Trained but evaluated on another number of episodes: its model evaluates without training.
+    assert sb3_trained("sb3-a2c", "Hebb-ReversalBandit-v0", budget, 0, done, 25, kwargs)
+    with pytest.raises(ValueError, match="other settings"):
+        sb3_trained("sb3-a2c", "Hebb-ReversalBandit-v0", budget, 1, done, 20, kwargs)
     before = {path.name: path.stat().st_mtime_ns for path in partial.iterdir()}
 
     page = reproduce(sweep_file, tmp_path / "report", 20, sb3=("sb3-a2c",), sb3_trained_only=True)
     text = page.read_text()
     row = next(line for line in text.splitlines() if line.startswith("| sb3-a2c"))
     seed0 = json.loads((done / EVALUATION_FILE).read_text())
-    assert row.startswith(f"| sb3-a2c (1 of 3 seeds) | {np.mean(seed0['returns']):.2f} |")
+    assert row.startswith(f"| sb3-a2c (1 of 3 runs) | {np.mean(seed0['returns']):.2f} |")
+    assert row.split("|")[5].strip() == "—"  # no p-value from one run
     assert "Not yet trained to the budget (the recipe resumes them):" in text
     assert "\n- sb3-a2c: seeds 1, 2\n" in text
     assert {path.name: path.stat().st_mtime_ns for path in partial.iterdir()} == before

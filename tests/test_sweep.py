@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import json
 import sys
 from pathlib import Path
 
@@ -163,3 +164,28 @@ def test_a_diverged_trial_is_not_retried_from_the_checkpoint_it_diverged_from(
     retried = run_sweep(sweep, cpus=2)
     assert retried["ran"] == 1 and retried["failed"] == {}
     assert load_checkpoint(rnn.run_dir / CHECKPOINT_FILE).progress["batch"] == 5
+
+
+def test_a_divergence_record_counts_only_for_the_checkpoint_and_budget_it_was_made_with(
+    sweep_file: Path,
+) -> None:
+    sweep = SweepConfig.from_file(sweep_file)
+    _, rnn = sweep.trials()
+    short = dataclasses.replace(rnn, config=dataclasses.replace(rnn.config, episodes=8))
+    run_trial(short)  # batches 0 and 1, the checkpoint at batch 1
+    record = rnn.run_dir / DIVERGED_FILE
+
+    def diverged(batch: int, checkpoint_batch: int) -> None:
+        record.write_text(
+            json.dumps({"message": "m", "batch": batch, "checkpoint_batch": checkpoint_batch})
+        )
+
+    diverged(3, 1)
+    assert repeated_divergence(rnn) == "m"  # from this checkpoint it would diverge again
+    diverged(3, -1)
+    assert repeated_divergence(rnn) is None  # made before this checkpoint existed
+    diverged(3, 1)
+    three_batches = dataclasses.replace(rnn, config=dataclasses.replace(rnn.config, episodes=12))
+    assert repeated_divergence(three_batches) is None  # it now stops before batch 3
+    run_trial(three_batches)
+    assert repeated_divergence(three_batches) is None  # finished

@@ -95,15 +95,18 @@ def a2c_loss(
     return LossTerms(total=total, policy=policy, value=value, entropy=entropy)
 
 
-def clip_gradients(parameters: Iterable[torch.nn.Parameter], max_norm: float) -> float:
+def clip_gradients(parameters: torch.Tensor | Iterable[torch.Tensor], max_norm: float) -> float:
     """Scale the gradients to a total norm of at most ``max_norm``; return the norm before.
 
     The norm is taken in float64. Backpropagation through a whole episode can give a plastic
     core finite gradient elements of 1e19 (measured: the maze's retroactive agent), whose
     squares overflow float32; ``torch.nn.utils.clip_grad_norm_`` then reports an infinite
-    norm and scales the step to zero or NaN. Here such a gradient is clipped like any other,
-    and only non-finite elements give a non-finite norm (the step is then left unscaled).
+    norm and scales the step to zero or NaN. Here such a float32 gradient is clipped like any
+    other, and only non-finite elements give a non-finite norm (the step is then left
+    unscaled).
     """
+    if isinstance(parameters, torch.Tensor):
+        parameters = [parameters]
     grads = [p.grad for p in parameters if p.grad is not None]
     if not grads:
         return 0.0

@@ -103,8 +103,9 @@ def make_agent(config: TrainConfig, env: gym.vector.VectorEnv) -> ActorCritic:
 
 
 def divergence_record(run_dir: Path) -> dict[str, Any] | None:
-    """What a run that diverged left behind: ``message`` and ``checkpoint_batch`` (the batch
-    of the last good checkpoint it diverged from, -1 for none); ``None`` if it did not."""
+    """What a run that diverged left behind: ``message``, ``batch`` (the one that diverged)
+    and ``checkpoint_batch`` (that of the last good checkpoint it diverged from, -1 for none);
+    ``None`` if it did not."""
     path = run_dir / DIVERGED_FILE
     if not path.exists():
         return None
@@ -112,6 +113,7 @@ def divergence_record(run_dir: Path) -> dict[str, Any] | None:
         record = json.loads(path.read_text())
         return {
             "message": str(record["message"]),
+            "batch": int(record["batch"]),
             "checkpoint_batch": int(record["checkpoint_batch"]),
         }
     except (ValueError, KeyError, TypeError) as error:
@@ -320,7 +322,7 @@ def train(
                 )
                 saved_batch = batch
     except TrainingDiverged as error:
-        record = {"message": str(error), "checkpoint_batch": saved_batch}
+        record = {"message": str(error), "batch": batch, "checkpoint_batch": saved_batch}
         atomic_write_bytes(run_dir / DIVERGED_FILE, json.dumps(record).encode())
         raise
     finally:

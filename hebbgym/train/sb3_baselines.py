@@ -275,16 +275,20 @@ def sb3_trained(
     env_steps: int,
     seed: int,
     run_dir: Path,
+    evaluation_episodes: int,
     env_kwargs: dict[str, Any] | None = None,
 ) -> bool:
     """Whether ``run_dir`` holds this SB3 run trained to ``env_steps``, so that
-    :func:`train_sb3` only evaluates it (or reads its cached evaluation). A directory of other
-    settings is refused, as :func:`train_sb3` refuses it."""
+    :func:`train_sb3` only reads its cached evaluation or evaluates its model, and trains
+    nothing. A directory of other settings is refused, as :func:`train_sb3` refuses it."""
     identity = _identity(algorithm, env_id, seed, env_kwargs or {})
     evaluation = run_dir / EVALUATION_FILE
-    if evaluation.exists() and _load_evaluation(evaluation, identity)["env_steps"] == env_steps:
-        return True
-    return _load_progress(run_dir, identity)["env_steps_done"] >= env_steps
+    if evaluation.exists():
+        cached = _load_evaluation(evaluation, identity)
+        if cached["env_steps"] == env_steps and len(cached["returns"]) == evaluation_episodes:
+            return True
+    progress = _load_progress(run_dir, identity)
+    return progress["env_steps_done"] >= env_steps and (run_dir / progress["model"]).is_file()
 
 
 def _identity(algorithm: str, env_id: str, seed: int, env_kwargs: dict[str, Any]) -> dict[str, Any]:

@@ -136,6 +136,10 @@ def test_gradient_clipping_matches_torch_and_survives_float32_overflow() -> None
     assert clip_gradients(huge, 2.0) == pytest.approx(5e19)
     assert huge[0].grad.tolist() == pytest.approx([1.2, -1.6])
 
+    single = params_with(torch.tensor([3.0, 4.0]))[0]  # one tensor, as torch accepts
+    assert clip_gradients(single, 1.0) == pytest.approx(5.0)
+    assert single.grad.tolist() == pytest.approx([0.6, 0.8])
+
     broken = params_with(torch.tensor([1.0, float("nan")]))
     assert math.isnan(clip_gradients(broken, 2.0))
     assert clip_gradients(params_with(), 2.0) == 0.0

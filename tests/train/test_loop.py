@@ -183,7 +183,7 @@ def test_non_finite_loss_stops_with_the_batch_and_keeps_the_last_checkpoint(
         train(TINY, tmp_path, progress=False)
     assert load_checkpoint(tmp_path / CHECKPOINT_FILE).progress["batch"] == 1
     record = divergence_record(tmp_path)
-    assert record is not None and record["checkpoint_batch"] == 1
+    assert record is not None and record["checkpoint_batch"] == 1 and record["batch"] == 3
     assert record["message"].startswith("batch 3: loss is nan")
 
     # An explicit resume retries; once it gets through, the record is gone.
