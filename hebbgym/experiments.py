@@ -37,6 +37,15 @@ def rank_sum_p(a: np.ndarray, b: np.ndarray) -> float:
     return float(mannwhitneyu(a, b, alternative="two-sided").pvalue)
 
 
+def row_label(trial: Trial) -> str:
+    """The report row of a trial: its agent, and its other grid values but the seed (so that a
+    sweep over, say, a coefficient gets one row per value rather than one pooled row)."""
+    others = [
+        f"{key}={value}" for key, value in trial.params.items() if key not in ("agent", "seed")
+    ]
+    return ", ".join([trial.config.agent, *others])
+
+
 def evaluate_trial(trial: Trial, episodes: int) -> dict[str, Any]:
     """Held-out returns with sampled and greedy actions (each computed once, then cached in
     the trial's ``evaluation.json``; an older file without greedy returns is completed). A
@@ -96,15 +105,16 @@ def reproduce(
     seconds: dict[str, list[float]] = {}
     expected: dict[str, int] = {}  # runs per row when every run is there
     for trial in trials:
-        expected[trial.config.agent] = expected.get(trial.config.agent, 0) + 1
+        row = row_label(trial)
+        expected[row] = expected.get(row, 0) + 1
         if not (trial.run_dir / CHECKPOINT_FILE).exists():  # it failed before its first one
             failed.setdefault(trial.run_dir.name, "no checkpoint to evaluate")
             continue
         result = evaluate_trial(trial, evaluation_episodes)
-        groups.setdefault(trial.config.agent, []).append(trial.run_dir)
-        finals.setdefault(trial.config.agent, []).append(float(np.mean(result["returns"])))
-        greedy.setdefault(trial.config.agent, []).append(_mean_or_nan(result, "greedy_returns"))
-        seconds.setdefault(trial.config.agent, []).append(result["seconds"])
+        groups.setdefault(row, []).append(trial.run_dir)
+        finals.setdefault(row, []).append(float(np.mean(result["returns"])))
+        greedy.setdefault(row, []).append(_mean_or_nan(result, "greedy_returns"))
+        seconds.setdefault(row, []).append(result["seconds"])
     untrained: dict[str, list[int]] = {}
     seeds = sorted({trial.config.seed for trial in trials})
     if sb3:

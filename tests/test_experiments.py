@@ -145,3 +145,26 @@ def test_with_sb3_trained_only_the_page_shows_the_seeds_done_and_lists_the_rest(
     assert "\n- sb3-a2c: seeds 1, 2\n" in text
     assert {path.name: path.stat().st_mtime_ns for path in partial.iterdir()} == before
     assert not (sweep.directory / "sb3-a2c-seed=2").exists()
+
+
+def test_a_grid_over_another_field_gets_one_row_per_value(tmp_path: Path) -> None:
+    import yaml
+
+    sweep_file = write_tiny_sweep(tmp_path / "coef.yaml", ["modulated"], [0, 1], episodes=8)
+    config = yaml.safe_load(sweep_file.read_text())
+    config["grid"]["modulation_coef"] = [0.0, 0.5]
+    sweep_file.write_text(yaml.safe_dump(config, sort_keys=False))
+    sweep = SweepConfig.from_file(sweep_file)
+    for trial in sweep.trials():
+        run_trial(trial)  # so reproduce needs no Ray
+    text = reproduce(sweep_file, tmp_path / "report", 10, sb3=()).read_text()
+    rows = {line.split("|")[1].strip(): line for line in text.splitlines() if line.startswith("| ")}
+    for coef in (0.0, 0.5):
+        means = [
+            np.mean(json.loads((t.run_dir / EVALUATION_FILE).read_text())["returns"])
+            for t in sweep.trials()
+            if t.config.modulation_coef == coef
+        ]
+        assert len(means) == 2
+        label = f"modulated, modulation_coef={coef}"
+        assert rows[label].startswith(f"| {label} | {np.median(means):.2f} |")
