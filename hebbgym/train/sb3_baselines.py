@@ -225,11 +225,9 @@ def train_sb3(
     if isinstance(checkpoints, bool) or not isinstance(checkpoints, int) or checkpoints < 1:
         raise ValueError(f"checkpoints must be a positive integer, got {checkpoints!r}")
     identity = _identity(algorithm, env_id, seed, env_kwargs)
-    evaluation = run_dir / EVALUATION_FILE
-    if evaluation.exists():  # reused only for these settings, budget and evaluation episodes
-        cached = _load_evaluation(evaluation, identity)
-        if cached["env_steps"] == env_steps and len(cached["returns"]) == evaluation_episodes:
-            return cached
+    cached = _cached_evaluation(run_dir, identity, env_steps, evaluation_episodes)
+    if cached is not None:
+        return cached
     length = episode_length(env_id, env_kwargs)
     progress = _load_progress(run_dir, identity)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -265,7 +263,7 @@ def train_sb3(
             model, env_id, evaluation_episodes, EVALUATION_SEED, env_kwargs, greedy
         )
         result[key] = returns.tolist()
-    atomic_write_bytes(evaluation, json.dumps(result).encode())
+    atomic_write_bytes(run_dir / EVALUATION_FILE, json.dumps(result).encode())
     return result
 
 
@@ -282,11 +280,8 @@ def sb3_trained(
     :func:`train_sb3` only reads its cached evaluation or evaluates its model, and trains
     nothing. A directory of other settings is refused, as :func:`train_sb3` refuses it."""
     identity = _identity(algorithm, env_id, seed, env_kwargs or {})
-    evaluation = run_dir / EVALUATION_FILE
-    if evaluation.exists():
-        cached = _load_evaluation(evaluation, identity)
-        if cached["env_steps"] == env_steps and len(cached["returns"]) == evaluation_episodes:
-            return True
+    if _cached_evaluation(run_dir, identity, env_steps, evaluation_episodes) is not None:
+        return True
     progress = _load_progress(run_dir, identity)
     return progress["env_steps_done"] >= env_steps and (run_dir / progress["model"]).is_file()
 
@@ -294,6 +289,20 @@ def sb3_trained(
 def _identity(algorithm: str, env_id: str, seed: int, env_kwargs: dict[str, Any]) -> dict[str, Any]:
     """The settings an SB3 run directory's files record (:data:`IDENTITY_KEYS`)."""
     return {"algorithm": algorithm, "env_id": env_id, "seed": seed, "env_kwargs": env_kwargs}
+
+
+def _cached_evaluation(
+    run_dir: Path, identity: dict[str, Any], env_steps: int, evaluation_episodes: int
+) -> dict[str, Any] | None:
+    """The run's cached evaluation if it is of this budget and number of episodes (one of
+    other settings is refused), else ``None``."""
+    path = run_dir / EVALUATION_FILE
+    if not path.exists():
+        return None
+    cached = _load_evaluation(path, identity)
+    if cached["env_steps"] == env_steps and len(cached["returns"]) == evaluation_episodes:
+        return cached
+    return None
 
 
 def _load_evaluation(path: Path, identity: dict[str, Any]) -> dict[str, Any]:
