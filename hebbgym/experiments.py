@@ -37,6 +37,14 @@ def rank_sum_p(a: np.ndarray, b: np.ndarray) -> float:
     return float(mannwhitneyu(a, b, alternative="two-sided").pvalue)
 
 
+def normalised_score(value: float, random_mean: float, oracle_mean: float) -> float:
+    """``(value - random) / (oracle - random)``: 0 for the random policy, 1 for the oracle
+    (NaN where the oracle does not beat random)."""
+    if oracle_mean <= random_mean:
+        return float("nan")
+    return (value - random_mean) / (oracle_mean - random_mean)
+
+
 def row_label(trial: Trial) -> str:
     """The report row of a trial: its agent, and its other grid values but the seed (so that a
     sweep over, say, a coefficient gets one row per value rather than one pooled row)."""
@@ -195,18 +203,14 @@ def _markdown(
     evaluation_episodes: int,
     expected: dict[str, int],
 ) -> str:
-    random_mean, oracle_mean = references["random"], references["oracle"]
-
     def score(value: float) -> float:
-        if oracle_mean <= random_mean:
-            return float("nan")
-        return (value - random_mean) / (oracle_mean - random_mean)
+        return normalised_score(value, references["random"], references["oracle"])
 
     def p_value(agent: str, table: dict[str, list[float]]) -> str:
         partial = len(table[agent]) < expected[agent]  # a test of the runs done so far: none
         if agent == "modulated" or "modulated" not in table or partial:
             return "—"
-        if np.isnan(table[agent]).any():
+        if np.isnan(table[agent]).any():  # an older evaluation without greedy returns
             return "—"
         return f"{rank_sum_p(np.array(table['modulated']), np.array(table[agent])):.3g}"
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from hebbgym.agents.references import evaluate_reference
 from hebbgym.analysis import ModulationOutcome, final_modulation, plot_modulation_vs_score
-from hebbgym.experiments import evaluate_trial
+from hebbgym.experiments import evaluate_trial, normalised_score
 from hebbgym.sweep import SweepConfig
 from hebbgym.train.evaluate import EVALUATION_SEED
 from hebbgym.train.loop import CHECKPOINT_FILE
@@ -52,13 +52,12 @@ def main() -> None:
                     )
                     for name in ("random", "oracle")
                 ]
-            random_mean, oracle_mean = scales[key]
             outcome = ModulationOutcome(
                 task=config.env_id.removeprefix("Hebb-").removesuffix("-v0"),
                 agent=config.agent,
                 penalised=config.modulation_coef > 0,
                 modulation=final_modulation(trial.run_dir),
-                score=(float(np.mean(returns)) - random_mean) / (oracle_mean - random_mean),
+                score=normalised_score(float(np.mean(returns)), *scales[key]),
             )
             outcomes.append(outcome)
             print(
