@@ -197,7 +197,9 @@ def play(
     play_task(env_id, seed=seed, episodes=episodes)
 
 
-def sweep(config: Path, address: str | None = None, cpus: int | None = None) -> None:
+def sweep(
+    config: Path, address: str | None = None, cpus: int | None = None, serial: bool = False
+) -> None:
     """Run a grid of trainings (agents × seeds × hyperparameters) on Ray Tune; running it
     again resumes it. Writes summary.csv and curves.png beside the trials.
 
@@ -205,12 +207,13 @@ def sweep(config: Path, address: str | None = None, cpus: int | None = None) -> 
         config: a sweep YAML file (see sweeps/).
         address: an existing Ray cluster, e.g. ray://head:10001 (default: a local instance).
         cpus: CPUs of the local Ray instance (default: all).
+        serial: train the trials one after another in this process, without Ray (on a
+            machine shared with other jobs, Ray's low-priority workers get little CPU).
     """
     from hebbgym.sweep import SweepConfig, run_sweep
 
-    print(
-        json.dumps(run_sweep(SweepConfig.from_file(config), address=address, cpus=cpus), indent=2)
-    )
+    result = run_sweep(SweepConfig.from_file(config), address=address, cpus=cpus, serial=serial)
+    print(json.dumps(result, indent=2))
 
 
 COMMANDS = {"train": train, "evaluate": evaluate, "watch": watch, "play": play, "sweep": sweep}

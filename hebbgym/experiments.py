@@ -92,17 +92,20 @@ def reproduce(
     sb3: tuple[str, ...] = SB3_ALGORITHMS,
     cpus: int | None = None,
     sb3_trained_only: bool = False,
+    serial: bool = False,
 ) -> Path:
     """Run (or resume) a task's sweep and the ``sb3`` baselines (any of
     :data:`SB3_ALGORITHMS`; ``()`` for none), evaluate everything on the same episodes, and
     write ``report_dir/<name>.md`` with its learning-curve PNG. With ``sb3_trained_only`` the
     SB3 runs not yet trained to the budget are left as they are and listed on the page (an SB3
-    baseline can take hours per seed on a small machine; the page can show the seeds done)."""
+    baseline can take hours per seed on a small machine; the page can show the seeds done).
+    ``serial`` trains the sweep's trials one by one in this process, without Ray
+    (:func:`hebbgym.sweep.run_sweep`)."""
     unknown = sorted(set(sb3) - set(SB3_ALGORITHMS))
     if unknown:
         raise ValueError(f"unknown SB3 algorithm(s) {unknown}; known: {list(SB3_ALGORITHMS)}")
     sweep = SweepConfig.from_file(sweep_file)
-    failed = run_sweep(sweep, cpus=cpus)["failed"]
+    failed = run_sweep(sweep, cpus=cpus, serial=serial)["failed"]
     trials = sweep.trials()
     env_id = trials[0].config.env_id
     env_kwargs = trials[0].config.env_kwargs
@@ -267,6 +270,11 @@ def main(sweep_file: str) -> None:
         action="store_true",
         help="leave SB3 runs not yet trained to the budget as they are, listed on the page",
     )
+    parser.add_argument(
+        "--serial",
+        action="store_true",
+        help="train the sweep's trials one by one in this process, without Ray",
+    )
     parser.add_argument("--episodes", type=int, default=1000, help="evaluation episodes per seed")
     parser.add_argument("--report-dir", default="docs/results")
     args = parser.parse_args()
@@ -278,5 +286,6 @@ def main(sweep_file: str) -> None:
         sb3=algorithms,
         cpus=args.cpus,
         sb3_trained_only=args.sb3_trained_only,
+        serial=args.serial,
     )
     print(f"wrote {page}")

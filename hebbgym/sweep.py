@@ -1,4 +1,4 @@
-"""Grids of training runs (agents × seeds × hyperparameters) on Ray Tune.
+"""Grids of training runs (agents × seeds × hyperparameters) on Ray Tune, or one by one.
 
 A sweep is a YAML file::
 
@@ -21,7 +21,7 @@ Running a sweep again resumes it: finished trials are skipped, interrupted ones 
 from their last checkpoint; a trial whose directory holds a run with other settings (the
 file was edited since) is refused, so old and new settings never mix. Ray is an optional
 extra (``pip install 'hebbgym[sweep]'``); on a cluster pass ``address`` and nothing else
-changes.
+changes; ``serial`` trains the trials one after another in this process instead.
 """
 
 from __future__ import annotations
@@ -291,58 +291,85 @@ def _last_line(error: BaseException) -> str:
     return lines[-1] if lines else type(error).__name__
 
 
-def run_sweep(
-    sweep: SweepConfig, address: str | None = None, cpus: int | None = None
-) -> dict[str, Any]:
-    """Run every unfinished trial on Ray Tune (a local instance, or the cluster at
-    ``address``), then aggregate. Returns the summary rows and the files written; a trial
-    that fails is listed under ``failed`` with its last line of error, keeps its last good
-    checkpoint, and is retried when the sweep is run again; except a divergence, which would
-    repeat (:func:`repeated_divergence`), and stays listed under ``failed``."""
+def _run_serially(trials: list[Trial]) -> dict[str, str]:
+    """Train ``trials`` one after another in this process; the failed ones' last error lines."""
+    failed: dict[str, str] = {}
+    for trial in trials:
+        try:
+            run_trial(trial)
+        except Exception as error:  # one failed trial must not stop the others, as under Ray
+            failed[trial.run_dir.name] = _last_line(error)
+    return failed
+
+
+def _run_on_ray(
+    sweep: SweepConfig, pending: list[Trial], address: str | None, cpus: int | None
+) -> dict[str, str]:
+    """Train ``pending`` on Ray Tune (a local instance, or the cluster at ``address``); the
+    failed ones' last error lines."""
     try:
         import ray
         from ray import tune
     except ImportError as error:
         raise SystemExit(INSTALL_HINT) from error
+    if address is None:
+        ray.init(
+            num_cpus=cpus,
+            include_dashboard=False,
+            ignore_reinit_error=True,
+            log_to_driver=False,
+        )
+    else:
+        ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
+    specs = [
+        {
+            "name": t.name,
+            "config": t.config.to_dict(),
+            "run_dir": str(t.run_dir),
+            "params": t.params,
+        }
+        for t in pending
+    ]
+    tuner = tune.Tuner(
+        tune.with_resources(_ray_trainable, {"cpu": sweep.cpus_per_trial}),
+        param_space={"trial": tune.grid_search(specs)},
+        run_config=tune.RunConfig(
+            name=sweep.name,
+            storage_path=str((sweep.directory / "ray").resolve()),
+            verbose=0,
+        ),
+    )
+    return {
+        Path(result.config["trial"]["run_dir"]).name: _last_line(result.error)
+        for result in tuner.fit()
+        if result.error is not None
+    }
+
+
+def run_sweep(
+    sweep: SweepConfig,
+    address: str | None = None,
+    cpus: int | None = None,
+    serial: bool = False,
+) -> dict[str, Any]:
+    """Run every unfinished trial, then aggregate. Returns the summary rows and the files
+    written; a trial that fails is listed under ``failed`` with its last line of error, keeps
+    its last good checkpoint, and is retried when the sweep is run again; except a divergence,
+    which would repeat (:func:`repeated_divergence`), and stays listed under ``failed``.
+
+    The trials run on Ray Tune (a local instance of ``cpus`` CPUs, or the cluster at
+    ``address``), or with ``serial`` one after another in this process, without Ray: on a
+    machine shared with other jobs, where Ray's workers (15 niceness steps below this process)
+    get only the CPU time the other jobs leave over, or where Ray is not installed."""
+    if serial and (address is not None or cpus is not None):
+        raise ValueError("a serial sweep runs in this process: it takes no address or cpus")
     trials = sweep.trials()
     pending = [
         trial for trial in trials if not is_finished(trial) and repeated_divergence(trial) is None
     ]
     failed: dict[str, str] = {}
     if pending:
-        if address is None:
-            ray.init(
-                num_cpus=cpus,
-                include_dashboard=False,
-                ignore_reinit_error=True,
-                log_to_driver=False,
-            )
-        else:
-            ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
-        specs = [
-            {
-                "name": t.name,
-                "config": t.config.to_dict(),
-                "run_dir": str(t.run_dir),
-                "params": t.params,
-            }
-            for t in pending
-        ]
-        tuner = tune.Tuner(
-            tune.with_resources(_ray_trainable, {"cpu": sweep.cpus_per_trial}),
-            param_space={"trial": tune.grid_search(specs)},
-            run_config=tune.RunConfig(
-                name=sweep.name,
-                storage_path=str((sweep.directory / "ray").resolve()),
-                verbose=0,
-            ),
-        )
-        results = tuner.fit()
-        failed = {
-            Path(result.config["trial"]["run_dir"]).name: _last_line(result.error)
-            for result in results
-            if result.error is not None
-        }
+        failed = _run_serially(pending) if serial else _run_on_ray(sweep, pending, address, cpus)
     for trial in trials:
         message = repeated_divergence(trial)
         if message is not None:  # worded alike whether it diverged now or in an earlier run

@@ -120,8 +120,6 @@ def test_with_sb3_trained_only_the_page_shows_the_seeds_done_and_lists_the_rest(
 ) -> None:
     sweep_file = write_tiny_sweep(tmp_path / "part.yaml", ["modulated"], [0, 1, 2], episodes=8)
     sweep = SweepConfig.from_file(sweep_file)
-    for trial in sweep.trials():
-        run_trial(trial)  # so reproduce needs no Ray
     budget = 2 * 4 * 10  # 2 batches of 4 10-step episodes
     done, partial = sweep.directory / "sb3-a2c-seed=0", sweep.directory / "sb3-a2c-seed=1"
     train_sb3("sb3-a2c", "Hebb-ReversalBandit-v0", budget, 0, done, 20, {"episode_length": 10})
@@ -135,7 +133,9 @@ def test_with_sb3_trained_only_the_page_shows_the_seeds_done_and_lists_the_rest(
         sb3_trained("sb3-a2c", "Hebb-ReversalBandit-v0", budget, 1, done, 20, kwargs)
     before = {path.name: path.stat().st_mtime_ns for path in partial.iterdir()}
 
-    page = reproduce(sweep_file, tmp_path / "report", 20, sb3=("sb3-a2c",), sb3_trained_only=True)
+    page = reproduce(
+        sweep_file, tmp_path / "report", 20, sb3=("sb3-a2c",), sb3_trained_only=True, serial=True
+    )
     text = page.read_text()
     row = next(line for line in text.splitlines() if line.startswith("| sb3-a2c"))
     seed0 = json.loads((done / EVALUATION_FILE).read_text())
@@ -155,9 +155,7 @@ def test_a_grid_over_another_field_gets_one_row_per_value(tmp_path: Path) -> Non
     config["grid"]["modulation_coef"] = [0.0, 0.5]
     sweep_file.write_text(yaml.safe_dump(config, sort_keys=False))
     sweep = SweepConfig.from_file(sweep_file)
-    for trial in sweep.trials():
-        run_trial(trial)  # so reproduce needs no Ray
-    text = reproduce(sweep_file, tmp_path / "report", 10, sb3=()).read_text()
+    text = reproduce(sweep_file, tmp_path / "report", 10, sb3=(), serial=True).read_text()
     rows = {line.split("|")[1].strip(): line for line in text.splitlines() if line.startswith("| ")}
     for coef in (0.0, 0.5):
         means = [

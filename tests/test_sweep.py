@@ -1,4 +1,4 @@
-"""Sweeps on a local Ray instance: trials are ordinary runs, and a rerun resumes."""
+"""Sweeps on a local Ray instance or serially: trials are ordinary runs, and a rerun resumes."""
 
 from __future__ import annotations
 
@@ -17,6 +17,16 @@ from hebbgym.train import loop
 from hebbgym.train.checkpoint import load_checkpoint
 from hebbgym.train.loop import CHECKPOINT_FILE, DIVERGED_FILE, load_agent, metrics_table
 from tests.tiny_sweep import write_tiny_sweep
+
+
+def assert_same_weights(run_dir: Path, other_run_dir: Path) -> None:
+    """The two runs' agents are equal bit for bit."""
+    _, agent, _ = load_agent(run_dir)
+    _, other, _ = load_agent(other_run_dir)
+    for (name, a), (_, b) in zip(
+        agent.state_dict().items(), other.state_dict().items(), strict=True
+    ):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
 
 
 @pytest.fixture
@@ -94,12 +104,7 @@ def test_two_trial_sweep_then_rerun_resumes_without_rerunning(sweep_file: Path) 
     # The resumed trial ends where an uninterrupted run ends.
     reference = dataclasses.replace(rnn, run_dir=sweep_file.parent / "reference")
     run_trial(reference)
-    _, resumed_agent, _ = load_agent(rnn.run_dir)
-    _, reference_agent, _ = load_agent(reference.run_dir)
-    for (name, a), (_, b) in zip(
-        resumed_agent.state_dict().items(), reference_agent.state_dict().items(), strict=True
-    ):
-        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+    assert_same_weights(rnn.run_dir, reference.run_dir)
 
     with open(result["summary"], newline="") as handle:
         rows = list(csv.DictReader(handle))
@@ -189,3 +194,39 @@ def test_a_divergence_record_counts_only_for_the_checkpoint_and_budget_it_was_ma
     assert repeated_divergence(three_batches) is None  # it now stops before batch 3
     run_trial(three_batches)
     assert repeated_divergence(three_batches) is None  # finished
+
+
+def test_a_serial_sweep_trains_in_this_process_without_ray_and_lists_a_failed_trial(
+    sweep_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The other trials still train when one fails, and the rerun retries only that one."""
+    import hebbgym.sweep as sweep_module
+
+    monkeypatch.setitem(sys.modules, "ray", None)
+    sweep = SweepConfig.from_file(sweep_file)
+    modulated, rnn = sweep.trials()
+    real_train = sweep_module.train
+
+    def disk_full_for_rnn(config, run_dir, **kwargs):
+        if Path(run_dir) == rnn.run_dir:
+            raise OSError("writing the checkpoint:\nNo space left on device")
+        return real_train(config, run_dir, **kwargs)
+
+    monkeypatch.setattr(sweep_module, "train", disk_full_for_rnn)
+    result = run_sweep(sweep, serial=True)
+    assert result["ran"] == 2
+    assert result["failed"] == {rnn.run_dir.name: "No space left on device"}
+    assert load_checkpoint(modulated.run_dir / CHECKPOINT_FILE).progress["batch"] == 5
+
+    monkeypatch.setattr(sweep_module, "train", real_train)
+    retried = run_sweep(sweep, serial=True)
+    assert retried["ran"] == 1 and retried["failed"] == {}
+    reference = dataclasses.replace(rnn, run_dir=sweep_file.parent / "reference")
+    run_trial(reference)
+    assert_same_weights(rnn.run_dir, reference.run_dir)
+
+
+@pytest.mark.parametrize("ray_settings", [{"address": "ray://head:10001"}, {"cpus": 2}])
+def test_a_serial_sweep_refuses_ray_settings(sweep_file: Path, ray_settings: dict) -> None:
+    with pytest.raises(ValueError, match="serial sweep runs in this process"):
+        run_sweep(SweepConfig.from_file(sweep_file), serial=True, **ray_settings)
