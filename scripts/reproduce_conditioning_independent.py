@@ -1,6 +1,6 @@
 """Reproduce the conditioning_independent comparison of the results report.
 
-    python scripts/reproduce_conditioning_independent.py [--no-sb3] [--cpus N]
+    python scripts/reproduce_conditioning_independent.py [--no-sb3] [--cpus N | --serial]
 
 Runs (or resumes) the sweep file below and the stable-baselines3 baselines on the same
 step budget, evaluates everything on 1000 held-out episodes per seed, and writes
