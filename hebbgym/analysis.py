@@ -441,7 +441,7 @@ def plot_modulation_around_rewards(
     axis.axvline(0, color="grey", linewidth=1, linestyle="--")
     axis.set_xlabel("steps from the rewarded step")
     axis.set_ylabel("M(t)")
-    axis.set_title(title)
+    axis.set_title(title, fontsize=9)
     axis.legend(fontsize=8)
     axis.grid(alpha=0.3)
     figure.tight_layout()

@@ -51,8 +51,8 @@ TASK_PRESETS: dict[str, TaskPreset] = {
     ),
     # Independent stimuli need less: at entropy 1.0 every core stays at the memoryless level
     # (52 greedy), at 0.5 the modulated one too; at 0.1, 23 of 25 runs learn one paired
-    # stimulus only (65); at 0.2 the RNN and the LSTM learn both (79 greedy, 6 of 6 pilot
-    # runs), the plastic cores still mostly one (seeds 0-2, 20k episodes).
+    # stimulus only (65); at 0.2 the LSTM learns both (79 greedy, 5 of 5 seeds at 20k
+    # episodes), the RNN on 2 of 5, the plastic cores still mostly one.
     "Hebb-ConditioningIndependent-v0": TaskPreset(
         hidden_size=24, gamma=0.0, lr=1e-2, entropy_coef=0.2, grad_clip=4.0
     ),
