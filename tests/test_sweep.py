@@ -230,3 +230,25 @@ def test_a_serial_sweep_trains_in_this_process_without_ray_and_lists_a_failed_tr
 def test_a_serial_sweep_refuses_ray_settings(sweep_file: Path, ray_settings: dict) -> None:
     with pytest.raises(ValueError, match="serial sweep runs in this process"):
         run_sweep(SweepConfig.from_file(sweep_file), serial=True, **ray_settings)
+
+
+REPOSITORY = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize(
+    "sweep_path", sorted((REPOSITORY / "sweeps").glob("*.yaml")), ids=lambda path: path.stem
+)
+def test_every_shipped_sweep_file_loads_with_valid_trials(sweep_path: Path) -> None:
+    sweep = SweepConfig.from_file(sweep_path)
+    assert sweep.name == sweep_path.stem  # its page and run directory are named after it
+    trials = sweep.trials()
+    assert len({trial.run_dir for trial in trials}) == len(trials) >= 5
+
+
+def test_every_recipe_names_a_shipped_sweep_file() -> None:
+    recipes = sorted((REPOSITORY / "scripts").glob("reproduce_*.py"))
+    assert recipes
+    for recipe in recipes:
+        sweep_name = recipe.stem.removeprefix("reproduce_")
+        assert f'main("sweeps/{sweep_name}.yaml")' in recipe.read_text(), recipe.name
+        assert (REPOSITORY / "sweeps" / f"{sweep_name}.yaml").is_file(), recipe.name
