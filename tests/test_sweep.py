@@ -18,6 +18,8 @@ from hebbgym.train.checkpoint import load_checkpoint
 from hebbgym.train.loop import CHECKPOINT_FILE, DIVERGED_FILE, load_agent, metrics_table
 from tests.tiny_sweep import write_tiny_sweep
 
+REPOSITORY = Path(__file__).resolve().parents[1]
+
 
 def assert_same_weights(run_dir: Path, other_run_dir: Path) -> None:
     """The two runs' agents are equal bit for bit."""
@@ -230,9 +232,6 @@ def test_a_serial_sweep_trains_in_this_process_without_ray_and_lists_a_failed_tr
 def test_a_serial_sweep_refuses_ray_settings(sweep_file: Path, ray_settings: dict) -> None:
     with pytest.raises(ValueError, match="serial sweep runs in this process"):
         run_sweep(SweepConfig.from_file(sweep_file), serial=True, **ray_settings)
-
-
-REPOSITORY = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize(
