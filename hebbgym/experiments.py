@@ -14,9 +14,16 @@ from typing import Any
 
 import numpy as np
 
-from hebbgym.agents.references import REFERENCE_POLICIES, evaluate_reference
+from hebbgym.agents.references import REFERENCE_POLICIES, evaluate_reference_scores
+from hebbgym.envs.base import EpisodeScores, TaskRules
 from hebbgym.sweep import SweepConfig, Trial, run_sweep
-from hebbgym.train.evaluate import EVALUATION_SEED, evaluate_agent
+from hebbgym.train.evaluate import (
+    EVALUATION_SEED,
+    evaluate_agent_scores,
+    is_solved,
+    score_fields,
+    task_rules,
+)
 from hebbgym.train.loop import CHECKPOINT_FILE, load_agent
 from hebbgym.train.plots import plot_learning_curves
 from hebbgym.train.sb3_baselines import (
@@ -55,10 +62,10 @@ def row_label(trial: Trial) -> str:
 
 
 def evaluate_trial(trial: Trial, episodes: int) -> dict[str, Any]:
-    """Held-out returns with sampled and greedy actions (each computed once, then cached in
-    the trial's ``evaluation.json``; an older file without greedy returns is completed). A
-    cache of another checkpoint (the run was extended or resumed since) or of another number
-    of episodes is computed again."""
+    """Held-out returns (and the task's accuracy, where it has one) with sampled and greedy
+    actions, each computed once, then cached in the trial's ``evaluation.json``; an older file
+    without some of them is completed. A cache of another checkpoint (the run was extended or
+    resumed since) or of another number of episodes is computed again."""
     path = trial.run_dir / EVALUATION_FILE
     result = json.loads(path.read_text()) if path.exists() else {}
     config, agent, progress = load_agent(trial.run_dir)
@@ -67,15 +74,16 @@ def evaluate_trial(trial: Trial, episodes: int) -> dict[str, Any]:
         or len(result["returns"]) != episodes
     ):
         result = {}
-    missing = [key for key in ("returns", "greedy_returns") if key not in result]
-    if not missing:
+    wanted = ["returns", "greedy_returns"]
+    if task_rules(config.env_id, config.env_kwargs).solved_accuracy is not None:
+        wanted += ["accuracy", "greedy_accuracy"]
+    modes = sorted({key.startswith("greedy_") for key in wanted if key not in result})
+    if not modes:
         return result
     start = time.perf_counter()
-    for key in missing:
-        returns = evaluate_agent(
-            config, agent, episodes, EVALUATION_SEED, greedy=key == "greedy_returns"
-        )
-        result[key] = returns.tolist()
+    for greedy in modes:
+        scores = evaluate_agent_scores(config, agent, episodes, EVALUATION_SEED, greedy)
+        result.update(score_fields(scores, greedy))
     result.update(
         seconds=float(progress["seconds"]),
         evaluation_seconds=time.perf_counter() - start,
@@ -111,9 +119,7 @@ def reproduce(
     env_kwargs = trials[0].config.env_kwargs
     length = episode_length(env_id, env_kwargs)
     groups: dict[str, list[Path]] = {}
-    finals: dict[str, list[float]] = {}
-    greedy: dict[str, list[float]] = {}
-    seconds: dict[str, list[float]] = {}
+    evaluations: dict[str, list[dict[str, Any]]] = {}  # per report row, one per run
     expected: dict[str, int] = {}  # runs per row when every run is there
     for trial in trials:
         row = row_label(trial)
@@ -121,11 +127,8 @@ def reproduce(
         if not (trial.run_dir / CHECKPOINT_FILE).exists():  # it failed before its first one
             failed.setdefault(trial.run_dir.name, "no checkpoint to evaluate")
             continue
-        result = evaluate_trial(trial, evaluation_episodes)
         groups.setdefault(row, []).append(trial.run_dir)
-        finals.setdefault(row, []).append(float(np.mean(result["returns"])))
-        greedy.setdefault(row, []).append(_mean_or_nan(result, "greedy_returns"))
-        seconds.setdefault(row, []).append(result["seconds"])
+        evaluations.setdefault(row, []).append(evaluate_trial(trial, evaluation_episodes))
     untrained: dict[str, list[int]] = {}
     seeds = sorted({trial.config.seed for trial in trials})
     if sb3:
@@ -143,14 +146,10 @@ def reproduce(
                     algorithm, env_id, env_steps, seed, run_dir, evaluation_episodes, env_kwargs
                 )
                 groups.setdefault(algorithm, []).append(run_dir)
-                finals.setdefault(algorithm, []).append(float(np.mean(result["returns"])))
-                greedy.setdefault(algorithm, []).append(_mean_or_nan(result, "greedy_returns"))
-                seconds.setdefault(algorithm, []).append(result["seconds"])
+                evaluations.setdefault(algorithm, []).append(result)
     references = {
-        name: float(
-            evaluate_reference(
-                env_id, name, evaluation_episodes, EVALUATION_SEED, **env_kwargs
-            ).mean()
+        name: evaluate_reference_scores(
+            env_id, name, evaluation_episodes, EVALUATION_SEED, **env_kwargs
         )
         for name in REFERENCE_POLICIES[env_id]
     }
@@ -159,16 +158,13 @@ def reproduce(
         groups,
         report_dir / f"{sweep.name}.png",
         f"{env_id} (median, IQR over seeds)",
-        references={k: v for k, v in references.items() if k in ("random", "oracle")},
+        references={name: float(references[name].returns.mean()) for name in ("random", "oracle")},
     )
     page = report_dir / f"{sweep.name}.md"
     text = _markdown(
         sweep,
-        env_id,
-        env_kwargs,
-        finals,
-        greedy,
-        seconds,
+        task_rules(env_id, env_kwargs),
+        evaluations,
         references,
         curves.name,
         evaluation_episodes,
@@ -194,20 +190,42 @@ def _mean_or_nan(result: dict[str, Any], key: str) -> float:
     return float(np.mean(result[key])) if key in result else float("nan")
 
 
+def _solved_cell(rules: TaskRules, runs: list[dict[str, Any]], references: dict[str, float]) -> str:
+    """How many of a row's runs meet the task's solved criterion, sampled · greedy."""
+
+    def count(prefix: str) -> str:
+        if any(f"{prefix}returns" not in run for run in runs):  # an older evaluation
+            return "—"
+        accuracy_key = f"{prefix}accuracy"
+        if rules.solved_accuracy is not None and any(accuracy_key not in run for run in runs):
+            return "—"
+        solved = [
+            is_solved(
+                rules,
+                float(np.mean(run[f"{prefix}returns"])),
+                float(np.mean(run[accuracy_key])) if accuracy_key in run else None,
+                references,
+            )
+            for run in runs
+        ]
+        return f"{sum(solved)}/{len(solved)}"
+
+    return f"{count('')} · {count('greedy_')}"
+
+
 def _markdown(
     sweep: SweepConfig,
-    env_id: str,
-    env_kwargs: dict[str, Any],
-    finals: dict[str, list[float]],
-    greedy: dict[str, list[float]],
-    seconds: dict[str, list[float]],
-    references: dict[str, float],
+    rules: TaskRules,
+    evaluations: dict[str, list[dict[str, Any]]],
+    references: dict[str, EpisodeScores],
     curves: str,
     evaluation_episodes: int,
     expected: dict[str, int],
 ) -> str:
+    reference_means = {name: float(scores.returns.mean()) for name, scores in references.items()}
+
     def score(value: float) -> float:
-        return normalised_score(value, references["random"], references["oracle"])
+        return normalised_score(value, reference_means["random"], reference_means["oracle"])
 
     def p_value(agent: str, table: dict[str, list[float]]) -> str:
         partial = len(table[agent]) < expected[agent]  # a test of the runs done so far: none
@@ -217,8 +235,27 @@ def _markdown(
             return "—"
         return f"{rank_sum_p(np.array(table['modulated']), np.array(table[agent])):.3g}"
 
+    def per_run(key: str) -> dict[str, list[float]]:
+        return {row: [_mean_or_nan(run, key) for run in runs] for row, runs in evaluations.items()}
+
+    finals, greedy, seconds = per_run("returns"), per_run("greedy_returns"), per_run("seconds")
+    by_accuracy = rules.solved_accuracy is not None
+    judged = by_accuracy or rules.solved_reference is not None
     trials = sweep.trials()
+    env_id, env_kwargs = trials[0].config.env_id, trials[0].config.env_kwargs
     episodes = trials[0].config.batches * trials[0].config.batch_size
+    header = (
+        "| agent | mean reward, sampled (median over seeds) | IQR | normalised score "
+        "| p (rank-sum vs modulated) | mean reward, greedy (median) | p, greedy "
+        "| train time / run |"
+    )
+    columns = 8
+    if by_accuracy:
+        header += " accuracy, sampled · greedy (median) |"
+        columns += 1
+    if judged:
+        header += " runs solved, sampled · greedy |"
+        columns += 1
     lines = [
         f"## {env_id}" + (f" ({env_kwargs})" if env_kwargs else ""),
         "",
@@ -227,28 +264,54 @@ def _markdown(
         f"{evaluation_episodes} held-out episodes for every run (weights frozen, plasticity on), "
         "with actions sampled from the policy and with the most likely action (greedy).",
         "",
-        f"![learning curves]({curves})",
-        "",
-        "| agent | mean reward, sampled (median over seeds) | IQR | normalised score "
-        "| p (rank-sum vs modulated) | mean reward, greedy (median) | p, greedy "
-        "| train time / run |",
-        "|---|---|---|---|---|---|---|---|",
     ]
+    if judged:
+        lines += [_criterion_sentence(rules), ""]
+    lines += [f"![learning curves]({curves})", "", header, "|---" * columns + "|"]
+    accuracy, greedy_accuracy = per_run("accuracy"), per_run("greedy_accuracy")
     for agent, values in finals.items():
         low, median, high = np.percentile(values, [25, 50, 75])
         complete = len(values) == expected[agent]
         label = agent if complete else f"{agent} ({len(values)} of {expected[agent]} runs)"
-        lines.append(
+        line = (
             f"| {label} | {median:.2f} | {low:.2f}–{high:.2f} | {score(median):.2f} "
             f"| {p_value(agent, finals)} | {np.median(greedy[agent]):.2f} "
             f"| {p_value(agent, greedy)} | {np.median(seconds[agent]):.0f} s |"
         )
-    for name, value in references.items():
-        lines.append(
-            f"| reference: {name} | {value:.2f} | — | {score(value):.2f} | — | — | — | — |"
-        )
+        if by_accuracy:
+            line += (
+                f" {_percent(np.median(accuracy[agent]))} · "
+                f"{_percent(np.median(greedy_accuracy[agent]))} |"
+            )
+        if judged:
+            line += f" {_solved_cell(rules, evaluations[agent], reference_means)} |"
+        lines.append(line)
+    for name, scores in references.items():
+        value = reference_means[name]
+        line = f"| reference: {name} | {value:.2f} | — | {score(value):.2f} | — | — | — | — |"
+        if by_accuracy:
+            line += f" {_percent(float(scores.accuracy.mean()))} |"
+        if judged:
+            line += " — |"
+        lines.append(line)
     lines.append("")
     return "\n".join(lines)
+
+
+def _percent(value: float) -> str:
+    return "—" if np.isnan(value) else f"{100 * value:.1f} %"
+
+
+def _criterion_sentence(rules: TaskRules) -> str:
+    if rules.solved_accuracy is not None:
+        return (
+            f"A run counts as solved when, on the held-out episodes, its mean accuracy "
+            f"({rules.accuracy_scope}) is at least {100 * rules.solved_accuracy:.0f} %."
+        )
+    return (
+        "A run counts as solved when its mean held-out reward is at least that of the "
+        f"reference `{rules.solved_reference}`."
+    )
 
 
 def main(sweep_file: str) -> None:

@@ -53,6 +53,10 @@ def test_evaluate_prints_a_json_summary_with_a_normalised_score(run_dir: Path) -
     expected = (summary["return"]["mean"] - random_mean) / (oracle_mean - random_mean)
     assert summary["score"] == pytest.approx(expected)
     assert 0 <= summary["return"]["mean"] <= 10
+    # The bandit's solved bar is Thompson sampling with forgetting; it has no accuracy.
+    bar = summary["references"]["thompson-forgetting"]["mean"]
+    assert summary["solved"] is (summary["return"]["mean"] >= bar)
+    assert "accuracy" not in summary
 
 
 def test_watch_records_an_episode(run_dir: Path, tmp_path: Path) -> None:

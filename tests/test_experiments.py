@@ -9,10 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from hebbgym.agents.references import evaluate_reference
 from hebbgym.experiments import EVALUATION_FILE, rank_sum_p, reproduce
 from hebbgym.pretrained import export_best_of_sweep
 from hebbgym.sweep import SweepConfig, run_trial
 from hebbgym.train.checkpoint import load_checkpoint
+from hebbgym.train.evaluate import EVALUATION_SEED
 from hebbgym.train.sb3_baselines import sb3_trained, train_sb3
 from tests.tiny_sweep import write_tiny_sweep
 
@@ -53,6 +55,13 @@ def test_report_has_every_agent_the_baseline_and_the_references(report) -> None:
     assert sb3["env_steps"] == 4 * 4 * 10  # the trials' budget: 4 batches of 4 10-step episodes
     p = float(rows["lstm"].split("|")[5])
     assert 0.0 < p <= 1.0
+    # The bandit is solved by a run whose reward reaches Thompson sampling with forgetting.
+    bar = evaluate_reference(
+        "Hebb-ReversalBandit-v0", "thompson-forgetting", 40, EVALUATION_SEED, episode_length=10
+    ).mean()
+    assert "reference `thompson-forgetting`" in text
+    solved = sum(m >= bar for m in means), sum(g >= bar for g in greedy)
+    assert rows["lstm"].endswith(f"| {solved[0]}/2 · {solved[1]}/2 |")
 
 
 def test_rerun_reuses_every_finished_evaluation(report) -> None:
@@ -145,6 +154,58 @@ def test_with_sb3_trained_only_the_page_shows_the_seeds_done_and_lists_the_rest(
     assert "\n- sb3-a2c: seeds 1, 2\n" in text
     assert {path.name: path.stat().st_mtime_ns for path in partial.iterdir()} == before
     assert not (sweep.directory / "sb3-a2c-seed=2").exists()
+
+
+def test_an_accuracy_task_reports_accuracy_and_completes_older_evaluations(
+    tmp_path: Path,
+) -> None:
+    kwargs = {"episode_length": 12, "learning_period": 4}
+    sweep_file = write_tiny_sweep(
+        tmp_path / "cond.yaml",
+        ["modulated"],
+        [0, 1],
+        episodes=8,
+        env_id="Hebb-Conditioning-v0",
+        env_kwargs=kwargs,
+    )
+    sweep = SweepConfig.from_file(sweep_file)
+    sb3_dir = sweep.directory / "sb3-a2c-seed=0"
+    train_sb3("sb3-a2c", "Hebb-Conditioning-v0", 2 * 4 * 12, 0, sb3_dir, 30, kwargs)
+    page = reproduce(sweep_file, tmp_path / "report", 30, sb3=("sb3-a2c",), serial=True)
+    files = [t.run_dir / EVALUATION_FILE for t in sweep.trials()] + [sb3_dir / EVALUATION_FILE]
+    results = [json.loads(f.read_text()) for f in files]
+    for result in results:
+        # Every rewarded step pays +1 or -1: accuracy and reward must tell the same story.
+        expected = (np.array(result["greedy_returns"]) / 8 + 1) / 2
+        np.testing.assert_allclose(result["greedy_accuracy"], expected)
+        assert len(result["accuracy"]) == 30
+    text = page.read_text()
+    assert "mean accuracy (right responses after the learning period) is at least 95 %" in text
+    rows = {line.split("|")[1].strip(): line for line in text.splitlines() if line.startswith("| ")}
+    sampled = np.median([np.mean(r["accuracy"]) for r in results[:2]])
+    greedy = np.median([np.mean(r["greedy_accuracy"]) for r in results[:2]])
+    solved = sum(np.mean(r["greedy_accuracy"]) >= 0.95 for r in results[:2])
+    assert f"| {100 * sampled:.1f} % · {100 * greedy:.1f} % | " in rows["modulated"]
+    assert rows["modulated"].endswith(f"· {solved}/2 |")
+    assert "| reference: oracle | 80.00" not in text  # 8 rewarded steps here, not 80
+    assert rows["reference: oracle"].endswith("| 100.0 % | — |")
+
+    # Evaluations written before accuracy existed are completed; nothing is trained again.
+    model_stamps = {p.name: p.stat().st_mtime_ns for p in sb3_dir.iterdir() if p.suffix == ".zip"}
+    for path, result in zip(files, results, strict=True):
+        older = {k: v for k, v in result.items() if not k.endswith("accuracy")}
+        path.write_text(json.dumps(older))
+    assert (
+        page.read_text()
+        == reproduce(sweep_file, tmp_path / "report", 30, sb3=("sb3-a2c",), serial=True).read_text()
+    )
+    scores = ("returns", "greedy_returns", "accuracy", "greedy_accuracy")
+    for path, result in zip(files, results, strict=True):
+        completed = json.loads(path.read_text())
+        assert {k: completed[k] for k in scores} == {k: result[k] for k in scores}
+    assert {p.name: p.stat().st_mtime_ns for p in sb3_dir.iterdir() if p.suffix == ".zip"} == (
+        model_stamps
+    )
 
 
 def test_a_grid_over_another_field_gets_one_row_per_value(tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ from safetensors import safe_open
 import hebbgym.pretrained as pretrained
 from hebbgym import cli
 from hebbgym.train.config import TrainConfig
-from hebbgym.train.evaluate import evaluate_agent
+from hebbgym.train.evaluate import evaluate_agent, evaluate_agent_scores, task_rules
 from hebbgym.train.loop import CHECKPOINT_FILE, CONFIG_FILE, load_agent, train
 
 BANDIT = "Hebb-ReversalBandit-v0"
@@ -100,3 +100,18 @@ def test_each_shipped_agent_still_beats_the_lstm_baseline_it_was_chosen_against(
         mean = float(np.mean(evaluate_agent(config, agent, 300, seed=10_000)))
         baseline = info["baseline"]["median_mean_reward"]
         assert mean > baseline, (env_id, mean, baseline)
+
+
+def test_each_shipped_agent_of_an_accuracy_task_meets_the_solved_bar_greedily() -> None:
+    """Conditioning and cue-reward judge a run by accuracy (95 % and 90 %); the shipped agents
+    of those tasks reach it with greedy actions on 300 held-out episodes."""
+    judged = 0
+    for env_id in pretrained.available():
+        config, agent, _ = load_agent(pretrained.pretrained_dir(env_id))
+        rules = task_rules(config.env_id, config.env_kwargs)
+        if rules.solved_accuracy is None:
+            continue
+        scores = evaluate_agent_scores(config, agent, 300, seed=10_000, greedy=True)
+        assert scores.accuracy.mean() >= rules.solved_accuracy, (env_id, scores.accuracy.mean())
+        judged += 1
+    assert judged >= 2  # conditioning and cue-reward ship

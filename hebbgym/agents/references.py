@@ -19,7 +19,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from hebbgym.envs.base import HebbVectorEnv, episode_batch_seeds
+from hebbgym.envs.base import EpisodeScores, HebbVectorEnv, ScoreLog, episode_batch_seeds
 from hebbgym.envs.maze import MOVES
 
 
@@ -418,6 +418,18 @@ def evaluate_reference(
     **env_kwargs: Any,
 ) -> np.ndarray:
     """Returns of ``episodes`` episodes of reference ``name`` (seeded, reproducible)."""
+    return evaluate_reference_scores(env_id, name, episodes, seed, num_envs, **env_kwargs).returns
+
+
+def evaluate_reference_scores(
+    env_id: str,
+    name: str,
+    episodes: int,
+    seed: int = 0,
+    num_envs: int = 64,
+    **env_kwargs: Any,
+) -> EpisodeScores:
+    """:func:`evaluate_reference`'s returns, with the task's accuracy where it has one."""
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}")
     num_envs = min(num_envs, episodes)
@@ -427,7 +439,7 @@ def evaluate_reference(
         env_id, num_envs=num_envs, vectorization_mode="vector_entry_point", **env_kwargs
     )
     policy = reference_policy(env_id, name, env.unwrapped, seed)
-    returns = []
+    log = ScoreLog()
     for batch_seed in episode_batch_seeds(episodes, num_envs, seed):
         obs, info = env.reset(seed=batch_seed)
         policy.reset()
@@ -435,6 +447,6 @@ def evaluate_reference(
         for _ in range(env.unwrapped.batch.length):
             obs, reward, _, _, info = env.step(policy.act(obs, info))
             total += reward
-        returns.append(total)
+        log.add(total, env.unwrapped.batch)
     env.close()
-    return np.concatenate(returns)[:episodes]
+    return log.scores(episodes)

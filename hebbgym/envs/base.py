@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import gymnasium as gym
 import numpy as np
@@ -51,6 +51,13 @@ class TaskRules(ABC):
 
     title: ClassVar[str] = "task"
     render_fps: ClassVar[int] = 4
+    #: When the results report calls a run of this task solved: mean :meth:`accuracy` at
+    #: least ``solved_accuracy``, or a mean return at least that of the reference policy
+    #: ``solved_reference``; ``None`` for both where the task has no such bar (the maze).
+    solved_accuracy: ClassVar[float | None] = None
+    solved_reference: ClassVar[str | None] = None
+    #: What :meth:`accuracy` counts, in words, for the report.
+    accuracy_scope: ClassVar[str] = ""
     frame_size: tuple[int, int] = (480, 480)
 
     action_space: spaces.Discrete | spaces.Box
@@ -92,6 +99,12 @@ class TaskRules(ABC):
     @abstractmethod
     def draw(self, painter: Painter, batch: EpisodeBatch, row: int) -> None:
         """Draw episode ``row`` of ``batch`` below the shared header."""
+
+    def accuracy(self, batch: EpisodeBatch) -> np.ndarray:
+        """Per episode of the finished ``batch``: the fraction of scored answers that were
+        right, over the part of the episode the solved criterion looks at. Only tasks with a
+        ``solved_accuracy`` define it."""
+        raise NotImplementedError(f"{self.title} has no accuracy criterion")
 
     # -- derived, shared by every task -------------------------------------------------------
     @property
@@ -242,6 +255,43 @@ class EpisodeBatch:
         infos = self.rules.infos(self.episodes, self.t)
         infos["episode_return"] = self.episode_return.copy()
         return infos
+
+    def accuracy(self) -> np.ndarray | None:
+        """The rules' per-episode :meth:`TaskRules.accuracy` of the episodes just finished
+        (``None`` for a task without an accuracy criterion)."""
+        if self.rules.solved_accuracy is None:
+            return None
+        if not (self.t >= self.length).all():
+            raise RuntimeError("accuracy is defined on finished episodes only")
+        return self.rules.accuracy(self)
+
+
+class EpisodeScores(NamedTuple):
+    """What an evaluation keeps of each held-out episode: its return and, for a task with an
+    accuracy criterion, its :meth:`TaskRules.accuracy` (``None`` otherwise)."""
+
+    returns: np.ndarray
+    accuracy: np.ndarray | None
+
+
+class ScoreLog:
+    """Collects :class:`EpisodeScores` batch by batch, as the evaluators play them."""
+
+    def __init__(self) -> None:
+        self.returns: list[np.ndarray] = []
+        self.accuracy: list[np.ndarray] = []
+
+    def add(self, returns: np.ndarray, batch: EpisodeBatch) -> None:
+        """The returns of ``batch``'s finished episodes, and their accuracy read off it."""
+        self.returns.append(np.asarray(returns, np.float64))
+        accuracy = batch.accuracy()
+        if accuracy is not None:
+            self.accuracy.append(accuracy)
+
+    def scores(self, episodes: int) -> EpisodeScores:
+        """The first ``episodes`` episodes (the last batch may hold a surplus)."""
+        accuracy = np.concatenate(self.accuracy)[:episodes] if self.accuracy else None
+        return EpisodeScores(np.concatenate(self.returns)[:episodes], accuracy)
 
 
 def _with_masks(infos: dict[str, Any], num_envs: int) -> dict[str, Any]:

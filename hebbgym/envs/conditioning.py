@@ -19,6 +19,8 @@ class ConditioningRules(TaskRules):
 
     title = "Hebb-Conditioning"
     render_fps = 6
+    solved_accuracy = 0.95
+    accuracy_scope = "right responses after the learning period"
     frame_size = (520, 360)
 
     def __init__(
@@ -73,6 +75,19 @@ class ConditioningRules(TaskRules):
         """The correct response at steps ``t``: fear (1) exactly when the paired stimulus is on."""
         rows = np.arange(len(t))
         return episodes["stimuli"][rows, t, episodes["paired"]].astype(np.int64)
+
+    def accuracy(self, batch: EpisodeBatch) -> np.ndarray:
+        """Right responses after the learning period (the steps that are rewarded); a
+        continuous response counts as fear at 0.5 and above."""
+        steps = np.arange(self.learning_period, batch.length)
+        if len(steps) == 0:
+            raise ValueError("no step after the learning period to score")
+        paired = batch.episodes["paired"][:, None]
+        targets = np.take_along_axis(
+            batch.episodes["stimuli"][:, steps], paired[:, :, None], axis=2
+        )[:, :, 0]
+        fear = batch.action_history[:, steps] >= 0.5
+        return (fear == targets).mean(axis=1)
 
     def step(
         self, episodes: dict[str, np.ndarray], t: np.ndarray, actions: np.ndarray

@@ -30,6 +30,8 @@ class CueRewardRules(TaskRules):
 
     title = "Hebb-CueReward"
     render_fps = 4
+    solved_accuracy = 0.9
+    accuracy_scope = "right answers at the go steps of the episode's second half"
 
     def __init__(
         self,
@@ -129,6 +131,17 @@ class CueRewardRules(TaskRules):
             "answer": answer,
             "trial": trial,
         }
+
+    def accuracy(self, batch: EpisodeBatch) -> np.ndarray:
+        """Right answers at the go steps of the episode's second half: by then a learner has
+        had half an episode of rewards to find the target, and chance is 1/2."""
+        length = batch.length
+        go = batch.episodes["go"][:, :length] & (np.arange(length) >= length // 2)
+        right = batch.action_history[:, :length] == batch.episodes["answer"][:, :length]
+        answered = go.sum(axis=1)
+        if (answered == 0).any():
+            raise ValueError("an episode has no go step in its second half to score")
+        return (right & go).sum(axis=1) / answered
 
     def step(
         self, episodes: dict[str, np.ndarray], t: np.ndarray, actions: np.ndarray

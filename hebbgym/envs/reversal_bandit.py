@@ -27,6 +27,7 @@ class ReversalBanditRules(TaskRules):
 
     title = "Hebb-ReversalBandit"
     render_fps = 8
+    solved_reference = "thompson-forgetting"
 
     def __init__(
         self,

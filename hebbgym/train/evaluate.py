@@ -9,12 +9,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import gymnasium as gym
 import numpy as np
 import torch
 
 from hebbgym.agents.actor_critic import ActorCritic
-from hebbgym.agents.references import REFERENCE_POLICIES, evaluate_reference
-from hebbgym.envs.base import episode_batch_seeds
+from hebbgym.agents.references import REFERENCE_POLICIES, evaluate_reference_scores
+from hebbgym.envs.base import EpisodeScores, ScoreLog, TaskRules, episode_batch_seeds
 from hebbgym.train.config import TrainConfig
 from hebbgym.train.loop import load_agent, make_env
 from hebbgym.train.rollout import collect_rollout
@@ -35,18 +36,48 @@ def evaluate_agent(
 ) -> np.ndarray:
     """Returns of the ``episodes`` episodes seeded ``seed``, ``seed + 1``, ... (see
     :func:`~hebbgym.envs.base.episode_batch_seeds`)."""
+    return evaluate_agent_scores(config, agent, episodes, seed, greedy, batch_size).returns
+
+
+def evaluate_agent_scores(
+    config: TrainConfig,
+    agent: ActorCritic,
+    episodes: int,
+    seed: int = 0,
+    greedy: bool = False,
+    batch_size: int = EVALUATION_BATCH,
+) -> EpisodeScores:
+    """:func:`evaluate_agent`'s returns, with the task's accuracy where it has one."""
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}")
     batch_size = min(batch_size, episodes)
     env = make_env(config, batch_size)
     generator = torch.Generator().manual_seed(seed)
-    returns = []
+    log = ScoreLog()
     with torch.no_grad():
         for batch_seed in episode_batch_seeds(episodes, batch_size, seed):
             rollout = collect_rollout(env, agent, batch_seed, generator, greedy)
-            returns.append(rollout.rewards.sum(0).numpy())
+            log.add(rollout.rewards.sum(0).numpy(), env.unwrapped.batch)
     env.close()
-    return np.concatenate(returns)[:episodes].astype(np.float64)
+    return log.scores(episodes)
+
+
+def task_rules(env_id: str, env_kwargs: dict[str, Any]) -> TaskRules:
+    """The rules of a registered task with these kwargs (they hold its solved criterion)."""
+    env = gym.make_vec(env_id, num_envs=1, vectorization_mode="vector_entry_point", **env_kwargs)
+    rules = env.unwrapped.batch.rules
+    env.close()
+    return rules
+
+
+def score_fields(scores: EpisodeScores, greedy: bool) -> dict[str, list[float]]:
+    """The keys an evaluation file stores ``scores`` under: ``returns`` and ``accuracy``,
+    prefixed ``greedy_`` for greedy actions (no accuracy for a task without one)."""
+    prefix = "greedy_" if greedy else ""
+    fields = {f"{prefix}returns": scores.returns.tolist()}
+    if scores.accuracy is not None:
+        fields[f"{prefix}accuracy"] = scores.accuracy.tolist()
+    return fields
 
 
 def summarize(returns: np.ndarray) -> dict[str, float]:
@@ -65,6 +96,23 @@ def evaluate_run(
     return evaluation_summary(config, agent, episodes, seed, greedy, progress)
 
 
+def is_solved(
+    rules: TaskRules,
+    mean_return: float,
+    mean_accuracy: float | None,
+    reference_returns: dict[str, float],
+) -> bool | None:
+    """The task's solved criterion (:attr:`TaskRules.solved_accuracy` or
+    :attr:`TaskRules.solved_reference`) on an evaluation's means; ``None`` where it has none."""
+    if rules.solved_accuracy is not None:
+        if mean_accuracy is None:
+            raise ValueError(f"{rules.title} is judged on accuracy, and none was measured")
+        return bool(mean_accuracy >= rules.solved_accuracy)
+    if rules.solved_reference is not None:
+        return bool(mean_return >= reference_returns[rules.solved_reference])
+    return None
+
+
 def evaluation_summary(
     config: TrainConfig,
     agent: ActorCritic,
@@ -73,7 +121,7 @@ def evaluation_summary(
     greedy: bool,
     progress: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    agent_returns = evaluate_agent(config, agent, episodes, seed, greedy, EVALUATION_BATCH)
+    scores = evaluate_agent_scores(config, agent, episodes, seed, greedy, EVALUATION_BATCH)
     summary: dict[str, Any] = {
         "env_id": config.env_id,
         "agent": config.agent,
@@ -81,16 +129,29 @@ def evaluation_summary(
         "seed": seed,
         "greedy": greedy,
         "trained_episodes": (progress or {}).get("episodes"),
-        "return": summarize(agent_returns),
+        "return": summarize(scores.returns),
         "references": {},
     }
+    if scores.accuracy is not None:
+        summary["accuracy"] = summarize(scores.accuracy)
     for name in REFERENCE_POLICIES[config.env_id]:
-        reference = evaluate_reference(
+        reference = evaluate_reference_scores(
             config.env_id, name, episodes, seed, EVALUATION_BATCH, **config.env_kwargs
         )
-        summary["references"][name] = summarize(reference)
-    random_mean = summary["references"]["random"]["mean"]
-    oracle_mean = summary["references"]["oracle"]["mean"]
+        summary["references"][name] = summarize(reference.returns)
+        if reference.accuracy is not None:
+            summary["references"][name]["accuracy"] = float(reference.accuracy.mean())
+    references = {name: value["mean"] for name, value in summary["references"].items()}
+    random_mean, oracle_mean = references["random"], references["oracle"]
     if oracle_mean > random_mean:
         summary["score"] = (summary["return"]["mean"] - random_mean) / (oracle_mean - random_mean)
+    accuracy = summary["accuracy"]["mean"] if "accuracy" in summary else None
+    solved = is_solved(
+        task_rules(config.env_id, config.env_kwargs),
+        summary["return"]["mean"],
+        accuracy,
+        references,
+    )
+    if solved is not None:
+        summary["solved"] = solved
     return summary

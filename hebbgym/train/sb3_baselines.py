@@ -21,9 +21,9 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from hebbgym.envs.base import episode_batch_seeds
+from hebbgym.envs.base import EpisodeScores, ScoreLog, episode_batch_seeds
 from hebbgym.train.checkpoint import atomic_write_bytes
-from hebbgym.train.evaluate import EVALUATION_SEED
+from hebbgym.train.evaluate import EVALUATION_SEED, score_fields, task_rules
 from hebbgym.train.loop import METRICS_COLUMNS, METRICS_FILE, write_metrics
 
 SB3_ALGORITHMS = ("sb3-a2c", "sb3-recurrent-ppo")
@@ -258,11 +258,11 @@ def train_sb3(
         "env_steps": env_steps,
         "env_steps_trained": progress["env_steps_done"],
     }
-    for key, greedy in (("returns", False), ("greedy_returns", True)):
-        returns = evaluate_sb3(
+    for greedy in (False, True):
+        scores = evaluate_sb3_scores(
             model, env_id, evaluation_episodes, EVALUATION_SEED, env_kwargs, greedy
         )
-        result[key] = returns.tolist()
+        result.update(score_fields(scores, greedy))
     atomic_write_bytes(run_dir / EVALUATION_FILE, json.dumps(result).encode())
     return result
 
@@ -295,14 +295,18 @@ def _cached_evaluation(
     run_dir: Path, identity: dict[str, Any], env_steps: int, evaluation_episodes: int
 ) -> dict[str, Any] | None:
     """The run's cached evaluation if it is of this budget and number of episodes (one of
-    other settings is refused), else ``None``."""
+    other settings is refused), else ``None``. A cache from before accuracies were recorded
+    is ``None`` on a task that has one: the model is evaluated again, not retrained."""
     path = run_dir / EVALUATION_FILE
     if not path.exists():
         return None
     cached = _load_evaluation(path, identity)
-    if cached["env_steps"] == env_steps and len(cached["returns"]) == evaluation_episodes:
-        return cached
-    return None
+    if cached["env_steps"] != env_steps or len(cached["returns"]) != evaluation_episodes:
+        return None
+    rules = task_rules(identity["env_id"], identity["env_kwargs"])
+    if rules.solved_accuracy is not None and "accuracy" not in cached:
+        return None
+    return cached
 
 
 def _load_evaluation(path: Path, identity: dict[str, Any]) -> dict[str, Any]:
@@ -387,22 +391,41 @@ def evaluate_sb3(
     batch: int = 100,
 ) -> np.ndarray:
     """SB3 agent returns on the same episodes (seeds) as :func:`evaluate_agent` uses."""
+    return evaluate_sb3_scores(model, env_id, episodes, seed, env_kwargs, greedy, batch).returns
+
+
+def evaluate_sb3_scores(
+    model: Any,
+    env_id: str,
+    episodes: int,
+    seed: int,
+    env_kwargs: dict[str, Any],
+    greedy: bool = False,
+    batch: int = 100,
+) -> EpisodeScores:
+    """:func:`evaluate_sb3`'s returns, with the task's accuracy where it has one. SB3 samples
+    actions from torch's global generator: it is seeded with ``seed`` for the evaluation
+    (and restored after), so that evaluating a model twice gives the same returns."""
+    import torch
+
     batch = min(batch, episodes)
     env = gym.make_vec(
         env_id, num_envs=batch, vectorization_mode="vector_entry_point", **env_kwargs
     )
-    returns = []
-    for batch_seed in episode_batch_seeds(episodes, batch, seed):
-        obs, _ = env.reset(seed=batch_seed)
-        states, starts = None, np.ones(batch, dtype=bool)
-        total = np.zeros(batch)
-        for _ in range(env.unwrapped.batch.length):
-            actions, states = model.predict(
-                obs, state=states, episode_start=starts, deterministic=greedy
-            )
-            obs, reward, _, _, _ = env.step(actions)
-            starts[:] = False
-            total += reward
-        returns.append(total)
+    log = ScoreLog()
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        for batch_seed in episode_batch_seeds(episodes, batch, seed):
+            obs, _ = env.reset(seed=batch_seed)
+            states, starts = None, np.ones(batch, dtype=bool)
+            total = np.zeros(batch)
+            for _ in range(env.unwrapped.batch.length):
+                actions, states = model.predict(
+                    obs, state=states, episode_start=starts, deterministic=greedy
+                )
+                obs, reward, _, _, _ = env.step(actions)
+                starts[:] = False
+                total += reward
+            log.add(total, env.unwrapped.batch)
     env.close()
-    return np.concatenate(returns)[:episodes]
+    return log.scores(episodes)

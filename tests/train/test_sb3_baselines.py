@@ -198,3 +198,20 @@ def test_sb3_evaluation_plays_the_same_episodes_whatever_the_batch(algorithm: st
     np.testing.assert_array_equal(one, split)
     shifted = sb3_baselines.evaluate_sb3(model, BANDIT, 22, 51, SHORT, greedy=True, batch=4)
     np.testing.assert_array_equal(one[1:], shifted)  # episode k + 1 of seed 50 is k of seed 51
+
+
+def test_sampled_sb3_evaluation_is_reproducible_and_leaves_torch_seeding_alone() -> None:
+    """SB3 samples from torch's global generator: the evaluation seeds it, so a model evaluated
+    twice (as when an older cached evaluation is completed) scores the same, whatever ran
+    before, and the caller's generator is where it was."""
+    import torch
+
+    env = sb3_baselines.native_sb3_env(BANDIT, 8, 3, **SHORT)
+    model = sb3_baselines._sb3_model("sb3-a2c", env, seed=3, length=10)
+    first = sb3_baselines.evaluate_sb3(model, BANDIT, 40, 7, SHORT)
+    torch.rand(5)  # the global generator moves on, as other work would move it
+    state = torch.get_rng_state()
+    np.testing.assert_array_equal(sb3_baselines.evaluate_sb3(model, BANDIT, 40, 7, SHORT), first)
+    assert torch.equal(torch.get_rng_state(), state)
+    other = sb3_baselines.evaluate_sb3(model, BANDIT, 40, 8, SHORT)
+    assert not np.array_equal(other[:-1], first[1:])  # another seed samples other actions
