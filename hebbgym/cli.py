@@ -137,7 +137,9 @@ def evaluate(
     greedy: bool = False,
 ) -> None:
     """Evaluate a trained agent (weights frozen, plasticity on); print a JSON summary with
-    the mean, std and the score normalised between random (0) and the oracle (1).
+    the mean, std and the score normalised between random (0) and the oracle (1), the
+    references' returns, and where the task has a bar for it, whether the agent solves it
+    (with the accuracy it is judged on, the agent's and the references').
 
     Args:
         run_dir: a training run directory.

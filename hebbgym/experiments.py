@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from hebbgym.agents.references import REFERENCE_POLICIES, evaluate_reference_scores
-from hebbgym.envs.base import EpisodeScores, TaskRules
+from hebbgym.envs.base import EpisodeScores, TaskRules, mean_accuracy
 from hebbgym.sweep import SweepConfig, Trial, run_sweep
 from hebbgym.train.evaluate import (
     EVALUATION_SEED,
@@ -196,19 +196,18 @@ def _solved_cell(rules: TaskRules, runs: list[dict[str, Any]], references: dict[
     def count(prefix: str) -> str:
         if any(f"{prefix}returns" not in run for run in runs):  # an older evaluation
             return "—"
-        accuracy_key = f"{prefix}accuracy"
-        if rules.solved_accuracy is not None and any(accuracy_key not in run for run in runs):
-            return "—"
-        solved = [
+        verdicts = [
             is_solved(
                 rules,
                 float(np.mean(run[f"{prefix}returns"])),
-                float(np.mean(run[accuracy_key])) if accuracy_key in run else None,
+                mean_accuracy(run.get(f"{prefix}accuracy")),
                 references,
             )
             for run in runs
         ]
-        return f"{sum(solved)}/{len(solved)}"
+        if None in verdicts:  # an evaluation from before accuracies, or nothing to score
+            return "—"
+        return f"{sum(verdicts)}/{len(verdicts)}"
 
     return f"{count('')} · {count('greedy_')}"
 
@@ -237,6 +236,12 @@ def _markdown(
 
     def per_run(key: str) -> dict[str, list[float]]:
         return {row: [_mean_or_nan(run, key) for run in runs] for row, runs in evaluations.items()}
+
+    def accuracy_per_run(key: str) -> dict[str, list[float]]:
+        return {
+            row: [_nan_if_none(mean_accuracy(run.get(key))) for run in runs]
+            for row, runs in evaluations.items()
+        }
 
     finals, greedy, seconds = per_run("returns"), per_run("greedy_returns"), per_run("seconds")
     by_accuracy = rules.solved_accuracy is not None
@@ -268,7 +273,8 @@ def _markdown(
     if judged:
         lines += [_criterion_sentence(rules), ""]
     lines += [f"![learning curves]({curves})", "", header, "|---" * columns + "|"]
-    accuracy, greedy_accuracy = per_run("accuracy"), per_run("greedy_accuracy")
+    accuracy = accuracy_per_run("accuracy")
+    greedy_accuracy = accuracy_per_run("greedy_accuracy")
     for agent, values in finals.items():
         low, median, high = np.percentile(values, [25, 50, 75])
         complete = len(values) == expected[agent]
@@ -290,12 +296,16 @@ def _markdown(
         value = reference_means[name]
         line = f"| reference: {name} | {value:.2f} | — | {score(value):.2f} | — | — | — | — |"
         if by_accuracy:
-            line += f" {_percent(float(scores.accuracy.mean()))} |"
+            line += f" {_percent(_nan_if_none(mean_accuracy(scores.accuracy)))} |"
         if judged:
             line += " — |"
         lines.append(line)
     lines.append("")
     return "\n".join(lines)
+
+
+def _nan_if_none(value: float | None) -> float:
+    return float("nan") if value is None else value
 
 
 def _percent(value: float) -> str:

@@ -156,6 +156,30 @@ def test_with_sb3_trained_only_the_page_shows_the_seeds_done_and_lists_the_rest(
     assert not (sweep.directory / "sb3-a2c-seed=2").exists()
 
 
+def test_the_solved_column_counts_runs_over_the_bar_and_withholds_a_partial_verdict() -> None:
+    from hebbgym.experiments import _solved_cell
+    from hebbgym.train.evaluate import task_rules
+
+    cue = task_rules("Hebb-CueReward-v0", {})
+
+    def run(sampled: float, greedy: float | None) -> dict:
+        result = {"returns": [0.0], "greedy_returns": [0.0], "accuracy": [sampled, np.nan]}
+        if greedy is not None:
+            result["greedy_accuracy"] = [greedy]
+        return result
+
+    runs = [run(0.95, 0.99), run(0.90, 0.80), run(0.85, 0.91)]
+    assert _solved_cell(cue, runs, {}) == "2/3 · 2/3"  # 90 % is solved, NaN episodes left out
+    assert _solved_cell(cue, [*runs, run(0.99, None)], {}) == "3/4 · —"  # an older file
+    assert _solved_cell(cue, [run(np.nan, 0.9)], {}) == "— · 1/1"  # nothing scored: no verdict
+    bandit = task_rules("Hebb-ReversalBandit-v0", {})
+    bar = {"thompson-forgetting": 68.0}
+    runs = [{"returns": [70.0, 67.0], "greedy_returns": [68.0]}, {"returns": [67.0]}]
+    assert _solved_cell(bandit, runs, bar) == "1/2 · —"  # 68.5 over the bar; 68.0 is not
+    runs[1]["greedy_returns"] = [75.0]
+    assert _solved_cell(bandit, runs, bar) == "1/2 · 1/2"
+
+
 def test_an_accuracy_task_reports_accuracy_and_completes_older_evaluations(
     tmp_path: Path,
 ) -> None:

@@ -102,8 +102,8 @@ class TaskRules(ABC):
 
     def accuracy(self, batch: EpisodeBatch) -> np.ndarray:
         """Per episode of the finished ``batch``: the fraction of scored answers that were
-        right, over the part of the episode the solved criterion looks at. Only tasks with a
-        ``solved_accuracy`` define it."""
+        right, over the part of the episode the solved criterion looks at (NaN for an episode
+        too short to hold one). Only tasks with a ``solved_accuracy`` define it."""
         raise NotImplementedError(f"{self.title} has no accuracy criterion")
 
     # -- derived, shared by every task -------------------------------------------------------
@@ -272,6 +272,16 @@ class EpisodeScores(NamedTuple):
 
     returns: np.ndarray
     accuracy: np.ndarray | None
+
+
+def mean_accuracy(accuracy: Sequence[float] | np.ndarray | None) -> float | None:
+    """The mean over the episodes that had answers to score; ``None`` where none had (or no
+    accuracy was measured)."""
+    if accuracy is None:
+        return None
+    values = np.asarray(accuracy, np.float64)
+    scored = values[~np.isnan(values)]
+    return float(scored.mean()) if len(scored) else None
 
 
 class ScoreLog:

@@ -80,8 +80,8 @@ class ConditioningRules(TaskRules):
         """Right responses after the learning period (the steps that are rewarded); a
         continuous response counts as fear at 0.5 and above."""
         steps = np.arange(self.learning_period, batch.length)
-        if len(steps) == 0:
-            raise ValueError("no step after the learning period to score")
+        if len(steps) == 0:  # cut short by a time limit within the learning period
+            return np.full(batch.num_envs, np.nan)
         paired = batch.episodes["paired"][:, None]
         targets = np.take_along_axis(
             batch.episodes["stimuli"][:, steps], paired[:, :, None], axis=2

@@ -15,7 +15,13 @@ import torch
 
 from hebbgym.agents.actor_critic import ActorCritic
 from hebbgym.agents.references import REFERENCE_POLICIES, evaluate_reference_scores
-from hebbgym.envs.base import EpisodeScores, ScoreLog, TaskRules, episode_batch_seeds
+from hebbgym.envs.base import (
+    EpisodeScores,
+    ScoreLog,
+    TaskRules,
+    episode_batch_seeds,
+    mean_accuracy,
+)
 from hebbgym.train.config import TrainConfig
 from hebbgym.train.loop import load_agent, make_env
 from hebbgym.train.rollout import collect_rollout
@@ -103,13 +109,12 @@ def is_solved(
     reference_returns: dict[str, float],
 ) -> bool | None:
     """The task's solved criterion (:attr:`TaskRules.solved_accuracy` or
-    :attr:`TaskRules.solved_reference`) on an evaluation's means; ``None`` where it has none."""
+    :attr:`TaskRules.solved_reference`) on an evaluation's means; ``None`` where it has none,
+    or where it is judged on accuracy and no episode had answers to score."""
     if rules.solved_accuracy is not None:
-        if mean_accuracy is None:
-            raise ValueError(f"{rules.title} is judged on accuracy, and none was measured")
-        return bool(mean_accuracy >= rules.solved_accuracy)
-    if rules.solved_reference is not None:
-        return bool(mean_return >= reference_returns[rules.solved_reference])
+        return None if mean_accuracy is None else bool(mean_accuracy >= rules.solved_accuracy)
+    if rules.solved_reference is not None:  # less regret than the reference: strictly above it
+        return bool(mean_return > reference_returns[rules.solved_reference])
     return None
 
 
@@ -132,26 +137,23 @@ def evaluation_summary(
         "return": summarize(scores.returns),
         "references": {},
     }
-    if scores.accuracy is not None:
-        summary["accuracy"] = summarize(scores.accuracy)
+    accuracy = mean_accuracy(scores.accuracy)
+    if accuracy is not None:
+        summary["accuracy"] = summarize(scores.accuracy[~np.isnan(scores.accuracy)])
+        summary["reference_accuracy"] = {}
     for name in REFERENCE_POLICIES[config.env_id]:
         reference = evaluate_reference_scores(
             config.env_id, name, episodes, seed, EVALUATION_BATCH, **config.env_kwargs
         )
         summary["references"][name] = summarize(reference.returns)
-        if reference.accuracy is not None:
-            summary["references"][name]["accuracy"] = float(reference.accuracy.mean())
+        if accuracy is not None:
+            summary["reference_accuracy"][name] = mean_accuracy(reference.accuracy)
     references = {name: value["mean"] for name, value in summary["references"].items()}
     random_mean, oracle_mean = references["random"], references["oracle"]
     if oracle_mean > random_mean:
         summary["score"] = (summary["return"]["mean"] - random_mean) / (oracle_mean - random_mean)
-    accuracy = summary["accuracy"]["mean"] if "accuracy" in summary else None
-    solved = is_solved(
-        task_rules(config.env_id, config.env_kwargs),
-        summary["return"]["mean"],
-        accuracy,
-        references,
-    )
+    rules = task_rules(config.env_id, config.env_kwargs)
+    solved = is_solved(rules, summary["return"]["mean"], accuracy, references)
     if solved is not None:
         summary["solved"] = solved
     return summary

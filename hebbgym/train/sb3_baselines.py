@@ -413,7 +413,7 @@ def evaluate_sb3_scores(
         env_id, num_envs=batch, vectorization_mode="vector_entry_point", **env_kwargs
     )
     log = ScoreLog()
-    with torch.random.fork_rng():
+    with torch.random.fork_rng(devices=[]):  # the models run on the CPU
         torch.manual_seed(seed)
         for batch_seed in episode_batch_seeds(episodes, batch, seed):
             obs, _ = env.reset(seed=batch_seed)

@@ -30,14 +30,20 @@ def test_conditioning_accuracy_is_the_share_of_rewarded_steps_answered_right(env
 
 
 def test_a_continuous_response_counts_as_fear_from_one_half() -> None:
-    env = gym.make_vec(
-        "Hebb-Conditioning-v0", num_envs=8, vectorization_mode="vector_entry_point", continuous=True
-    )
-    env.reset(seed=3)
-    rewards = [env.step(np.full((8, 1), 0.6, np.float32))[1] for _ in range(100)]
-    # Reward -(0.6 - target)^2: -0.16 where fear (target 1) is right, -0.36 where calm is.
-    right = np.isclose(np.array(rewards[20:]), -0.16)
-    np.testing.assert_allclose(env.unwrapped.batch.accuracy(), right.mean(axis=0))
+    def accuracy_and_rewards(response: float) -> tuple[np.ndarray, np.ndarray]:
+        env = gym.make_vec(
+            "Hebb-Conditioning-v0", 8, vectorization_mode="vector_entry_point", continuous=True
+        )
+        env.reset(seed=3)  # the same episodes whatever the responses
+        rewards = [env.step(np.full((8, 1), response, np.float32))[1] for _ in range(100)]
+        return env.unwrapped.batch.accuracy(), np.array(rewards)
+
+    fear, rewards = accuracy_and_rewards(0.6)
+    # Reward -(0.6 - target)^2: -0.16 where the target is fear (1), -0.36 where it is calm.
+    fear_wanted = np.isclose(rewards[20:], -0.16).mean(axis=0)
+    np.testing.assert_allclose(fear, fear_wanted)
+    np.testing.assert_allclose(accuracy_and_rewards(0.5)[0], fear_wanted)  # 0.5 is fear
+    np.testing.assert_allclose(accuracy_and_rewards(0.4)[0], 1 - fear_wanted)
 
 
 def test_cue_reward_accuracy_counts_the_go_steps_of_the_second_half() -> None:
@@ -58,6 +64,26 @@ def test_an_oracle_is_always_right() -> None:
         np.testing.assert_array_equal(scores.accuracy, np.ones(50))
         random = evaluate_reference_scores(env_id, "random", 200).accuracy.mean()
         assert random == pytest.approx(0.5, abs=0.05)
+
+
+def test_an_episode_with_nothing_to_score_has_no_accuracy_and_no_verdict() -> None:
+    from hebbgym.agents.references import evaluate_reference, evaluate_reference_scores
+    from hebbgym.envs.base import mean_accuracy
+    from hebbgym.train.evaluate import is_solved, task_rules
+
+    # A time limit inside the learning period leaves no rewarded step to score.
+    cut = {"max_episode_steps": 15}
+    with pytest.warns(UserWarning, match="cuts episodes"):
+        scores = evaluate_reference_scores("Hebb-Conditioning-v0", "oracle", 10, **cut)
+        rules = task_rules("Hebb-Conditioning-v0", cut)
+    assert np.isnan(scores.accuracy).all() and mean_accuracy(scores.accuracy) is None
+    assert is_solved(rules, float(scores.returns.mean()), None, {}) is None
+    # Short cue-reward episodes: some have a go step in their second half, some not.
+    short = evaluate_reference_scores("Hebb-CueReward-v0", "oracle", 200, episode_length=8)
+    assert np.isnan(short.accuracy).any() and not np.isnan(short.accuracy).all()
+    assert mean_accuracy(short.accuracy) == 1.0
+    returns = evaluate_reference("Hebb-CueReward-v0", "random", 30, episode_length=8)
+    assert returns.shape == (30,)
 
 
 def test_accuracy_needs_finished_episodes_and_a_task_that_has_one() -> None:
