@@ -16,7 +16,7 @@ import numpy as np
 
 from hebbgym.agents.references import REFERENCE_POLICIES, evaluate_reference_scores
 from hebbgym.envs.base import EpisodeScores, TaskRules, mean_accuracy
-from hebbgym.sweep import SweepConfig, Trial, run_sweep
+from hebbgym.sweep import SweepConfig, Trial, is_finished, run_sweep
 from hebbgym.train.evaluate import (
     EVALUATION_SEED,
     evaluate_agent_scores,
@@ -101,6 +101,7 @@ def reproduce(
     cpus: int | None = None,
     sb3_trained_only: bool = False,
     serial: bool = False,
+    trained_only: bool = False,
 ) -> Path:
     """Run (or resume) a task's sweep and the ``sb3`` baselines (any of
     :data:`SB3_ALGORITHMS`; ``()`` for none), evaluate everything on the same episodes, and
@@ -108,12 +109,16 @@ def reproduce(
     SB3 runs not yet trained to the budget are left as they are and listed on the page (an SB3
     baseline can take hours per seed on a small machine; the page can show the seeds done).
     ``serial`` trains the sweep's trials one by one in this process, without Ray
-    (:func:`hebbgym.sweep.run_sweep`)."""
+    (:func:`hebbgym.sweep.run_sweep`). With ``trained_only`` nothing is trained at all: the
+    page shows every trial and SB3 run as far as it has got, each evaluated at its last
+    checkpoint, and lists those short of the budget or not started (a sweep that takes a
+    cluster or many sessions can be read on the way)."""
     unknown = sorted(set(sb3) - set(SB3_ALGORITHMS))
     if unknown:
         raise ValueError(f"unknown SB3 algorithm(s) {unknown}; known: {list(SB3_ALGORITHMS)}")
     sweep = SweepConfig.from_file(sweep_file)
-    failed = run_sweep(sweep, cpus=cpus, serial=serial)["failed"]
+    failed = {} if trained_only else run_sweep(sweep, cpus=cpus, serial=serial)["failed"]
+    sb3_trained_only = sb3_trained_only or trained_only
     trials = sweep.trials()
     env_id = trials[0].config.env_id
     env_kwargs = trials[0].config.env_kwargs
@@ -121,14 +126,30 @@ def reproduce(
     groups: dict[str, list[Path]] = {}
     evaluations: dict[str, list[dict[str, Any]]] = {}  # per report row, one per run
     expected: dict[str, int] = {}  # runs per row when every run is there
+    unfinished: dict[str, list[str]] = {}  # with trained_only: per row, how far runs got
+    not_started: dict[str, list[int]] = {}  # with trained_only: per row, seeds without a run
     for trial in trials:
         row = row_label(trial)
         expected[row] = expected.get(row, 0) + 1
-        if not (trial.run_dir / CHECKPOINT_FILE).exists():  # it failed before its first one
-            failed.setdefault(trial.run_dir.name, "no checkpoint to evaluate")
+        if not (trial.run_dir / CHECKPOINT_FILE).exists():
+            if trained_only:
+                not_started.setdefault(row, []).append(trial.config.seed)
+            else:  # it failed before its first checkpoint
+                failed.setdefault(trial.run_dir.name, "no checkpoint to evaluate")
             continue
         groups.setdefault(row, []).append(trial.run_dir)
-        evaluations.setdefault(row, []).append(evaluate_trial(trial, evaluation_episodes))
+        result = evaluate_trial(trial, evaluation_episodes)
+        evaluations.setdefault(row, []).append(result)
+        if trained_only and not is_finished(trial):
+            budget = trial.config.batches * trial.config.batch_size
+            unfinished.setdefault(row, []).append(
+                f"seed {trial.config.seed} at {result['episodes_trained']:,} of {budget:,} "
+                "episodes (evaluated there)"
+            )
+    if trained_only and not evaluations:
+        raise ValueError(f"{sweep_file}: no trial has a checkpoint yet; nothing to report")
+    for row, seeds_left in not_started.items():
+        unfinished.setdefault(row, []).append(f"{_seeds(seeds_left)} not started")
     untrained: dict[str, list[int]] = {}
     seeds = sorted({trial.config.seed for trial in trials})
     if sb3:
@@ -170,12 +191,10 @@ def reproduce(
         evaluation_episodes,
         expected,
     )
-    if untrained:
+    if unfinished or untrained:
         text += "\nNot yet trained to the budget (the recipe resumes them):\n\n"
-        text += "".join(
-            f"- {algorithm}: seed{'s' if len(left) > 1 else ''} {', '.join(map(str, left))}\n"
-            for algorithm, left in untrained.items()
-        )
+        text += "".join(f"- {row}: {'; '.join(notes)}\n" for row, notes in unfinished.items())
+        text += "".join(f"- {algorithm}: {_seeds(left)}\n" for algorithm, left in untrained.items())
     if failed:
         text += "\nRuns that stopped early (evaluated at their last good checkpoint, if any):\n\n"
         here = f"{Path.cwd()}/"  # the report names run directories relative to the repository
@@ -184,6 +203,10 @@ def reproduce(
         )
     page.write_text(text)
     return page
+
+
+def _seeds(seeds: list[int]) -> str:
+    return f"seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}"
 
 
 def _mean_or_nan(result: dict[str, Any], key: str) -> float:
@@ -348,6 +371,11 @@ def main(sweep_file: str) -> None:
         action="store_true",
         help="train the sweep's trials one by one in this process, without Ray",
     )
+    parser.add_argument(
+        "--trained-only",
+        action="store_true",
+        help="train nothing: the page shows every run as far as it has got",
+    )
     parser.add_argument("--episodes", type=int, default=1000, help="evaluation episodes per seed")
     parser.add_argument("--report-dir", default="docs/results")
     args = parser.parse_args()
@@ -360,5 +388,6 @@ def main(sweep_file: str) -> None:
         cpus=args.cpus,
         sb3_trained_only=args.sb3_trained_only,
         serial=args.serial,
+        trained_only=args.trained_only,
     )
     print(f"wrote {page}")

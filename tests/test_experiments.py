@@ -3,6 +3,7 @@ step budget, held-out evaluation, statistics and the Markdown section."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -251,3 +252,41 @@ def test_a_grid_over_another_field_gets_one_row_per_value(tmp_path: Path) -> Non
         assert len(means) == 2
         label = f"modulated, modulation_coef={coef}"
         assert rows[label].startswith(f"| {label} | {np.median(means):.2f} |")
+
+
+def test_with_trained_only_nothing_trains_and_the_page_says_how_far_each_run_got(
+    tmp_path: Path,
+) -> None:
+    sweep_file = write_tiny_sweep(tmp_path / "far.yaml", ["modulated", "lstm"], [0, 1], episodes=16)
+    sweep = SweepConfig.from_file(sweep_file)
+    with pytest.raises(ValueError, match="no trial has a checkpoint yet"):
+        reproduce(sweep_file, tmp_path / "report", 20, sb3=("sb3-a2c",), trained_only=True)
+    finished, short = sweep.trials()[0], sweep.trials()[1]  # modulated seeds 0 and 1
+    run_trial(finished)
+    # The same run stopped halfway: a resumable checkpoint at 8 of its 16 episodes.
+    run_trial(dataclasses.replace(short, config=dataclasses.replace(short.config, episodes=8)))
+
+    def files_of_the_two_runs() -> dict[str, list[tuple[str, int]]]:
+        return {
+            t.run_dir.name: sorted(
+                (p.name, p.stat().st_mtime_ns)
+                for p in t.run_dir.iterdir()
+                if p.name != EVALUATION_FILE
+            )
+            for t in (finished, short)
+        }
+
+    before = files_of_the_two_runs()
+
+    page = reproduce(sweep_file, tmp_path / "report", 20, sb3=("sb3-a2c",), trained_only=True)
+    text = page.read_text()
+    rows = {line.split("|")[1].strip() for line in text.splitlines() if line.startswith("| ")}
+    assert "modulated" in rows and not any(row.startswith(("lstm", "sb3")) for row in rows)
+    assert "- modulated: seed 1 at 8 of 16 episodes (evaluated there)\n" in text
+    assert "- lstm: seeds 0, 1 not started\n" in text
+    assert "- sb3-a2c: seeds 0, 1\n" in text
+    for trial in sweep.trials()[2:]:
+        assert not trial.run_dir.exists()  # nothing was trained
+    short_result = json.loads((short.run_dir / EVALUATION_FILE).read_text())
+    assert short_result["episodes_trained"] == 8
+    assert files_of_the_two_runs() == before  # nothing written but the evaluations
