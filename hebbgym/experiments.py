@@ -342,7 +342,7 @@ def _criterion_sentence(rules: TaskRules) -> str:
             f"({rules.accuracy_scope}) is at least {100 * rules.solved_accuracy:.0f} %."
         )
     return (
-        "A run counts as solved when its mean held-out reward is at least that of the "
+        "A run counts as solved when its mean held-out reward is above that of the "
         f"reference `{rules.solved_reference}`."
     )
 
