@@ -277,13 +277,10 @@ def _markdown(
         "| p (rank-sum vs modulated) | mean reward, greedy (median) | p, greedy "
         "| train time / run |"
     )
-    columns = 8
     if by_accuracy:
         header += " accuracy, sampled · greedy (median) |"
-        columns += 1
     if judged:
         header += " runs solved, sampled · greedy |"
-        columns += 1
     lines = [
         f"## {env_id}" + (f" ({env_kwargs})" if env_kwargs else ""),
         "",
@@ -295,7 +292,7 @@ def _markdown(
     ]
     if judged:
         lines += [_criterion_sentence(rules), ""]
-    lines += [f"![learning curves]({curves})", "", header, "|---" * columns + "|"]
+    lines += [f"![learning curves]({curves})", "", header, "|---" * (header.count("|") - 1) + "|"]
     accuracy = accuracy_per_run("accuracy")
     greedy_accuracy = accuracy_per_run("greedy_accuracy")
     for agent, values in finals.items():
