@@ -4,7 +4,10 @@ Each one is a directory ``hebbgym/pretrained/<env id>/`` in the run-directory fo
 (``config.json`` + ``checkpoint.safetensors``), so everything that loads a run loads it too;
 its checkpoint holds the weights only (no optimizer state) and, in its progress metadata,
 where it came from and the held-out evaluation it was chosen on, next to the LSTM baseline's
-score on the same episodes (``tests/test_pretrained.py`` checks it still beats it).
+score on the same episodes. Where the modulated agent was chosen ahead of that baseline
+(maze, conditioning, cue-reward) ``tests/test_pretrained.py`` checks it still beats it; where
+no modulated agent beat the LSTM (the bandit, independent conditioning) the best one ships
+all the same, so that every task can be watched, and the test checks it stays level with it.
 
     hebbgym watch --pretrained Hebb-Maze-v0
     hebbgym evaluate --pretrained Hebb-Maze-v0
@@ -81,31 +84,54 @@ def _relative(path: Path) -> str:
     )
 
 
-def export_best_of_sweep(sweep_file: str | Path, destination: Path = PRETRAINED_DIR) -> Path:
-    """The modulated trial of a finished, evaluated sweep with the best held-out mean reward,
-    exported with the LSTM trials' median on the same episodes as its baseline."""
+def chosen_ahead_of_baseline(info: dict[str, Any]) -> bool:
+    """Whether a shipped agent's held-out mean was above its LSTM baseline's median when it
+    was chosen (``info`` as :func:`pretrained_info` returns it)."""
+    return info["evaluation"]["mean_reward"] > info["baseline"]["median_mean_reward"]
+
+
+def _held_out_means(sweep_file: str | Path, agent: str) -> list[tuple[float, int, Path]]:
+    """(mean held-out reward, episodes, run directory) of every ``agent`` trial of a sweep."""
     from hebbgym.sweep import SweepConfig
-    from hebbgym.train.evaluate import EVALUATION_SEED
     from hebbgym.train.sb3_baselines import EVALUATION_FILE
 
-    sweep = SweepConfig.from_file(sweep_file)
-    means: dict[str, list[tuple[float, int, Path]]] = {}
-    for trial in sweep.trials():
+    means = []
+    for trial in SweepConfig.from_file(sweep_file).trials():
+        if trial.config.agent != agent:
+            continue
         path = trial.run_dir / EVALUATION_FILE
         if not path.is_file():
             raise FileNotFoundError(f"{path}: evaluate the sweep first (scripts/reproduce_*.py)")
         returns = json.loads(path.read_text())["returns"]
-        entry = (float(np.mean(returns)), len(returns), trial.run_dir)
-        means.setdefault(trial.config.agent, []).append(entry)
-    if "modulated" not in means or "lstm" not in means:
-        raise ValueError(f"{sweep_file}: needs modulated and lstm trials to pick and compare")
-    best_mean, episodes, best_dir = max(means["modulated"])
+        means.append((float(np.mean(returns)), len(returns), trial.run_dir))
+    if not means:
+        raise ValueError(f"{sweep_file}: no {agent} trials to pick from or compare with")
+    return means
+
+
+def export_best_of_sweep(
+    sweep_file: str | Path,
+    destination: Path = PRETRAINED_DIR,
+    baseline_sweep_file: str | Path | None = None,
+) -> Path:
+    """The modulated trial of an evaluated sweep with the best held-out mean reward, exported
+    with the median of the LSTM trials on the same episodes as its baseline: those of
+    ``baseline_sweep_file`` where given (an ablation sweep of the modulated agent alone is
+    compared with the LSTM of the sweep it varies), else of the same sweep."""
+    from hebbgym.train.evaluate import EVALUATION_SEED
+
+    best_mean, episodes, best_dir = max(_held_out_means(sweep_file, "modulated"))
+    lstm = _held_out_means(baseline_sweep_file or sweep_file, "lstm")
+    baseline: dict[str, Any] = {
+        "agent": "lstm",
+        "median_mean_reward": float(np.median([mean for mean, _, _ in lstm])),
+        "seed_mean_rewards": sorted(mean for mean, _, _ in lstm),
+    }
+    if baseline_sweep_file is not None:
+        baseline["sweep"] = str(baseline_sweep_file)
     evaluation = {
         "source": _relative(best_dir),
         "evaluation": {"episodes": episodes, "seed": EVALUATION_SEED, "mean_reward": best_mean},
-        "baseline": {
-            "agent": "lstm",
-            "median_mean_reward": float(np.median([m for m, _, _ in means["lstm"]])),
-        },
+        "baseline": baseline,
     }
     return export_pretrained(best_dir, evaluation, destination)

@@ -100,6 +100,37 @@ def test_best_modulated_trial_is_exported_with_the_lstm_median(report, tmp_path)
     assert progress["evaluation"]["mean_reward"] == pytest.approx(best)
     lstm = [v for k, v in means.items() if "lstm" in k]
     assert progress["baseline"]["median_mean_reward"] == pytest.approx(np.median(lstm))
+    assert progress["baseline"]["seed_mean_rewards"] == pytest.approx(sorted(lstm))
+    assert "sweep" not in progress["baseline"]
+
+
+def test_an_ablation_sweep_is_compared_with_the_lstm_of_another(report, tmp_path) -> None:
+    """A sweep of the modulated agent alone (say, with the M(t)^2 penalty) has no LSTM of its
+    own: its best trial is exported against the LSTM trials of the sweep it varies."""
+    lstm_sweep, _ = report
+    ablation = write_tiny_sweep(
+        tmp_path / "ablation.yaml", ["modulated"], [0, 1], episodes=16, modulation_coef=0.01
+    )
+    reproduce(ablation, tmp_path / "report", 40, sb3=(), serial=True)
+    with pytest.raises(ValueError, match="no lstm trials"):
+        export_best_of_sweep(ablation, tmp_path / "alone")
+    target = export_best_of_sweep(ablation, tmp_path / "shipped", baseline_sweep_file=lstm_sweep)
+    progress = load_checkpoint(target / "checkpoint.safetensors").progress
+    lstm = [
+        np.mean(json.loads((t.run_dir / EVALUATION_FILE).read_text())["returns"])
+        for t in SweepConfig.from_file(lstm_sweep).trials()
+        if t.config.agent == "lstm"
+    ]
+    assert progress["baseline"]["median_mean_reward"] == pytest.approx(np.median(lstm))
+    assert progress["baseline"]["sweep"] == str(lstm_sweep)
+    assert "ablation" in progress["source"]
+    assert json.loads((target / "config.json").read_text())["modulation_coef"] == 0.01
+
+
+def test_export_refuses_a_sweep_not_yet_evaluated(tmp_path) -> None:
+    sweep_file = write_tiny_sweep(tmp_path / "raw.yaml", ["modulated", "lstm"], [0], episodes=8)
+    with pytest.raises(FileNotFoundError, match="evaluate the sweep first"):
+        export_best_of_sweep(sweep_file, tmp_path / "shipped")
 
 
 def test_unknown_baseline_is_refused(report) -> None:
