@@ -139,7 +139,8 @@ def evaluate(
     """Evaluate a trained agent (weights frozen, plasticity on); print a JSON summary with
     the mean, std and the score normalised between random (0) and the oracle (1), the
     references' returns, and where the task has a bar for it, whether the agent solves it
-    (with the accuracy it is judged on, the agent's and the references').
+    (with the accuracy it is judged on, the agent's and the references'); for a shipped
+    agent also where it came from and the LSTM baseline it was chosen against.
 
     Args:
         run_dir: a training run directory.
@@ -151,7 +152,13 @@ def evaluate(
     from hebbgym.train.evaluate import evaluate_run
 
     agent_dir = _agent_dir(run_dir, pretrained)
-    print(json.dumps(evaluate_run(agent_dir, episodes, seed, greedy), indent=2))
+    summary = evaluate_run(agent_dir, episodes, seed, greedy)
+    if pretrained is not None:
+        from hebbgym.pretrained import pretrained_info
+
+        info = pretrained_info(pretrained)
+        summary["shipped"] = {key: info[key] for key in ("source", "evaluation", "baseline")}
+    print(json.dumps(summary, indent=2))
 
 
 def watch(

@@ -12,8 +12,11 @@ from safetensors import safe_open
 
 import hebbgym.pretrained as pretrained
 from hebbgym import cli
+from hebbgym.agents.references import evaluate_reference
+from hebbgym.envs.base import mean_accuracy
+from hebbgym.envs.registration import ENVIRONMENTS
 from hebbgym.train.config import TrainConfig
-from hebbgym.train.evaluate import evaluate_agent, evaluate_agent_scores, task_rules
+from hebbgym.train.evaluate import evaluate_agent, evaluate_agent_scores, is_solved, task_rules
 from hebbgym.train.loop import CHECKPOINT_FILE, CONFIG_FILE, load_agent, train
 
 BANDIT = "Hebb-ReversalBandit-v0"
@@ -39,7 +42,11 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def exported(tiny_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """The tiny run exported into a pretrained directory that the package then uses."""
     destination = tmp_path / "pretrained"
-    evaluation = {"baseline": {"agent": "lstm", "median_mean_reward": 1.5}}
+    evaluation = {
+        "source": "runs/tiny",
+        "evaluation": {"episodes": 20, "seed": 10_000, "mean_reward": 2.0},
+        "baseline": {"agent": "lstm", "median_mean_reward": 1.5},
+    }
     target = pretrained.export_pretrained(tiny_run, evaluation, destination)
     monkeypatch.setattr(pretrained, "PRETRAINED_DIR", destination)
     return target
@@ -69,6 +76,8 @@ def test_evaluate_and_watch_take_a_pretrained_agent(exported, tmp_path, capsys) 
     summary = json.loads(capsys.readouterr().out)
     assert summary["env_id"] == BANDIT and summary["episodes"] == 12
     assert summary["trained_episodes"] == 16
+    assert summary["shipped"]["source"] == "runs/tiny"
+    assert summary["shipped"]["baseline"] == {"agent": "lstm", "median_mean_reward": 1.5}
     out = tmp_path / "episode.gif"
     cli.main(["watch", "--pretrained", BANDIT, "--out", str(out)])
     assert json.loads(capsys.readouterr().out)["out"] == str(out) and out.stat().st_size > 0
@@ -89,29 +98,51 @@ def test_a_missing_or_ambiguous_agent_is_a_one_line_error(exported, capsys, args
     assert message in capsys.readouterr().err
 
 
-def test_each_shipped_agent_still_beats_the_lstm_baseline_it_was_chosen_against() -> None:
+def test_every_registered_task_ships_an_agent() -> None:
+    assert pretrained.available() == sorted(ENVIRONMENTS)
+
+
+def test_each_shipped_agent_keeps_its_standing_against_the_lstm_baseline() -> None:
     """The shipped agents, on 300 of the held-out episodes they were chosen on (seed 10000,
-    sampled actions): each must stay above the LSTM trials' median on those episodes."""
-    shipped = pretrained.available()
-    assert "Hebb-Maze-v0" in shipped
-    for env_id in shipped:
+    sampled actions). One chosen ahead of the LSTM trials' median on those episodes must stay
+    above it. Where no modulated agent beat the LSTM (the bandit, independent conditioning)
+    the best one ships behind it, and must not fall further behind than it was chosen:
+    within two standard errors of its own held-out mean."""
+    ahead = []
+    for env_id in pretrained.available():
         info = pretrained.pretrained_info(env_id)
         config, agent, _ = load_agent(pretrained.pretrained_dir(env_id))
-        mean = float(np.mean(evaluate_agent(config, agent, 300, seed=10_000)))
+        returns = evaluate_agent(config, agent, 300, seed=10_000)
+        mean, sem = float(np.mean(returns)), float(np.std(returns) / np.sqrt(len(returns)))
         baseline = info["baseline"]["median_mean_reward"]
-        assert mean > baseline, (env_id, mean, baseline)
+        if pretrained.chosen_ahead_of_baseline(info):
+            ahead.append(env_id)
+            assert mean > baseline, (env_id, mean, baseline)
+        else:
+            chosen = info["evaluation"]["mean_reward"]
+            assert mean > chosen - 2 * sem, (env_id, mean, chosen, sem)
+    assert set(ahead) == {"Hebb-Maze-v0", "Hebb-Conditioning-v0", "Hebb-CueReward-v0"}
 
 
-def test_each_shipped_agent_of_an_accuracy_task_meets_the_solved_bar_greedily() -> None:
-    """Conditioning and cue-reward judge a run by accuracy (95 % and 90 %); the shipped agents
-    of those tasks reach it with greedy actions on 300 held-out episodes."""
-    judged = 0
+def test_each_shipped_agent_meets_its_tasks_solved_bar() -> None:
+    """On 300 held-out episodes, by the task's own criterion (:func:`is_solved`): the accuracy
+    tasks (conditioning 95 %, cue-reward 90 %) with greedy actions, the bandit (a mean above
+    Thompson sampling with forgetting on the same episodes) with sampled ones; the maze has
+    no bar."""
+    judged = []
     for env_id in pretrained.available():
         config, agent, _ = load_agent(pretrained.pretrained_dir(env_id))
         rules = task_rules(config.env_id, config.env_kwargs)
-        if rules.solved_accuracy is None:
+        greedy = rules.solved_accuracy is not None
+        scores = evaluate_agent_scores(config, agent, 300, seed=10_000, greedy=greedy)
+        references = {}
+        if rules.solved_reference is not None:
+            bar = evaluate_reference(env_id, rules.solved_reference, 300, 10_000)
+            references[rules.solved_reference] = float(bar.mean())
+        mean = float(scores.returns.mean())
+        solved = is_solved(rules, mean, mean_accuracy(scores.accuracy), references)
+        if solved is None:
             continue
-        scores = evaluate_agent_scores(config, agent, 300, seed=10_000, greedy=True)
-        assert scores.accuracy.mean() >= rules.solved_accuracy, (env_id, scores.accuracy.mean())
-        judged += 1
-    assert judged >= 2  # conditioning and cue-reward ship
+        assert solved, (env_id, mean, mean_accuracy(scores.accuracy), references)
+        judged.append(env_id)
+    assert sorted(judged) == sorted(set(ENVIRONMENTS) - {"Hebb-Maze-v0"})
