@@ -23,6 +23,11 @@ expects, as arrays (tested) and as PNG figures (matplotlib, headless).
   paired), which tells a run that solves both halves of the task from one that solves one
   half and falls back to a memoryless guess on the other.
 
+* :func:`reversal_aligned`, :func:`switch_delay` and :func:`plot_reversal`: on the bandit,
+  how fast a policy moves to the arm that became good after the reversal (the agent beside
+  references such as the change-point observer, via :func:`reference_actions`), and what its
+  M(t) does meanwhile: does the network signal the surprise of the first unpaid pulls?
+
 * :func:`final_modulation` and :func:`plot_modulation_vs_score`: where each neuromodulated
   run's M(t) ended up against how well it did, across tasks; a saturated modulator goes with
   a run that has not learnt.
@@ -34,14 +39,18 @@ the modulator figure of several sweeps.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import gymnasium as gym
 import numpy as np
 import torch
 
 from hebbgym.agents.actor_critic import ActorCritic
 from hebbgym.agents.plastic import CoreState
+from hebbgym.agents.references import reference_policy
 from hebbgym.envs.base import episode_batch_seeds
 from hebbgym.train.config import TrainConfig
 from hebbgym.train.evaluate import EVALUATION_BATCH, EVALUATION_SEED
@@ -57,11 +66,16 @@ class EpisodeRecord:
         rewards: ``[T, B]``.
         modulation: ``[T, B, K]``, M(t) after each step (``K = 0`` without neuromodulation).
         final_hebb: ``[B, N, N]`` trace at the end (``[B, 0, 0]`` without plasticity).
+        actions: ``[T, B, ...]``, the actions taken.
+        hidden: the episodes' hidden arrays as the env drew them (on the bandit, the good arm
+            of every step), ``[B, ...]`` each.
     """
 
     rewards: np.ndarray
     modulation: np.ndarray
     final_hebb: np.ndarray
+    actions: np.ndarray
+    hidden: dict[str, np.ndarray]
 
 
 def record_episodes(
@@ -72,17 +86,21 @@ def record_episodes(
         raise ValueError(f"episodes must be a positive integer, got {episodes!r}")
     env = make_env(config, episodes)
     generator = torch.Generator().manual_seed(seed)
-    rewards, modulation = [], []
+    rewards, modulation, actions = [], [], []
     with torch.no_grad():
         obs, _ = env.reset(seed=seed)
         state = agent.initial_state(episodes)
         for _ in range(env.unwrapped.batch.length):
             out, state = agent.step(torch.as_tensor(obs), state, generator)
-            obs, reward, _, _, _ = env.step(to_env_actions(out.action, env.single_action_space))
+            actions.append(to_env_actions(out.action, env.single_action_space))
+            obs, reward, _, _, _ = env.step(actions[-1])
             rewards.append(reward.astype(np.float64))
             modulation.append(out.m.numpy().astype(np.float64))
+    hidden = {key: value.copy() for key, value in env.unwrapped.batch.episodes.items()}
     env.close()
-    return EpisodeRecord(np.stack(rewards), np.stack(modulation), state.hebb.numpy())
+    return EpisodeRecord(
+        np.stack(rewards), np.stack(modulation), state.hebb.numpy(), np.stack(actions), hidden
+    )
 
 
 def reward_triggered_average(
@@ -106,6 +124,69 @@ def reward_triggered_average(
         if t - window >= 0 and t + window < steps
     ]
     return offsets, np.array(rows).reshape(len(rows), len(offsets))
+
+
+def reversal_aligned(
+    actions: np.ndarray,
+    good_arm: np.ndarray,
+    before: int,
+    after: int,
+    values: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The bandit's pulls around its first reversal: offsets ``-before..after``, whether each
+    pull took the arm that is good *after* the reversal (``[episodes, offsets]``, one row per
+    episode whose reversal lies far enough from both ends) and ``values`` (say M(t),
+    ``[T, B]``) aligned the same way.
+
+    ``actions`` is ``[T, B]``; ``good_arm`` is ``[B, T + 1]`` as the bandit draws it, column
+    ``t`` the good arm of pull ``t``. Offset 0 is the first pull after the reversal, which no
+    learner can know of yet: how fast the curve climbs from there is how fast it relearns.
+    """
+    steps, _ = actions.shape
+    offsets = np.arange(-before, after + 1)
+    moved = good_arm[:, 1:steps] != good_arm[:, : steps - 1]
+    choices, aligned = [], []
+    for episode in np.flatnonzero(moved.any(axis=1)):
+        reversal = int(np.argmax(moved[episode])) + 1
+        if reversal - before < 0 or reversal + after >= steps:
+            continue
+        pulls = actions[reversal + offsets, episode]
+        choices.append(pulls == good_arm[episode, reversal])
+        if values is not None:
+            aligned.append(values[reversal + offsets, episode])
+    shape = (len(choices), len(offsets))
+    return (
+        offsets,
+        np.array(choices, dtype=np.float64).reshape(shape),
+        np.array(aligned, dtype=np.float64).reshape(shape if values is not None else (0, 0)),
+    )
+
+
+def switch_delay(offsets: np.ndarray, choices: np.ndarray) -> int | None:
+    """Pulls after the reversal until the arm that became good is chosen more often than
+    not (the first offset >= 0 where its share reaches 0.5); ``None`` if it never does."""
+    share = choices.mean(axis=0)
+    reached = np.flatnonzero((offsets >= 0) & (share >= 0.5))
+    return int(offsets[reached[0]]) if len(reached) else None
+
+
+def reference_actions(
+    env_id: str, name: str, episodes: int, seed: int = EVALUATION_SEED, **env_kwargs: Any
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Actions ``[T, B]`` of reference policy ``name`` on the episodes that
+    :func:`record_episodes` plays with the same seed, and their hidden arrays."""
+    env = gym.make_vec(
+        env_id, num_envs=episodes, vectorization_mode="vector_entry_point", **env_kwargs
+    )
+    policy = reference_policy(env_id, name, env.unwrapped, seed)
+    obs, info = env.reset(seed=seed)
+    actions = []
+    for _ in range(env.unwrapped.batch.length):
+        actions.append(policy.act(obs, info))
+        obs, _, _, _, info = env.step(actions[-1])
+    hidden = {key: value.copy() for key, value in env.unwrapped.batch.episodes.items()}
+    env.close()
+    return np.stack(actions), hidden
 
 
 PROBES = ("paired stimulus", "unpaired stimulus", "paired stimulus + pain")
@@ -446,6 +527,82 @@ def plot_modulation_around_rewards(
     axis.grid(alpha=0.3)
     figure.tight_layout()
     return _save(figure, out, plt)
+
+
+def plot_reversal(
+    offsets: np.ndarray,
+    choices: Mapping[str, np.ndarray],
+    modulation: np.ndarray,
+    control: np.ndarray,
+    out: str | Path,
+    title: str,
+) -> Path:
+    """Top: the share of pulls of the arm that becomes good, around the bandit's reversal,
+    per policy (``choices`` as :func:`reversal_aligned` gives them). Bottom, where
+    ``modulation`` has rows: the agent's M(t) around the reversal (median and IQR), beside
+    ``control``, its M(t) aligned on the reversal step of *another* episode: what M does at
+    that point of an episode anyway."""
+    plt = _pyplot()
+    panels = 2 if len(modulation) else 1
+    figure, axes = plt.subplots(panels, 1, figsize=(6.4, 2.9 * panels), dpi=110, sharex=True)
+    axes = np.atleast_1d(axes)
+    for label, rows in choices.items():
+        delay = switch_delay(offsets, rows)
+        after = "never" if delay is None else f"{delay} pulls"
+        axes[0].plot(offsets, rows.mean(axis=0), label=f"{label} (past 0.5 after {after})")
+    axes[0].set_ylabel("P(arm good after reversal)")
+    axes[0].set_ylim(0, 1)
+    axes[0].axhline(0.5, color="grey", linewidth=0.8, linestyle=":")
+    axes[0].legend(fontsize=7, loc="lower right")
+    axes[0].set_title(title, fontsize=9)
+    if len(modulation):
+        for label, rows in (("at the reversal", modulation), ("control", control)):
+            low, median, high = np.percentile(rows, [25, 50, 75], axis=0)
+            (line,) = axes[1].plot(offsets, median, marker="o", markersize=3, label=label)
+            axes[1].fill_between(offsets, low, high, color=line.get_color(), alpha=0.2)
+        axes[1].set_ylabel("M(t), median and IQR")
+        axes[1].legend(fontsize=7)
+    for axis in axes:
+        axis.axvline(-0.5, color="grey", linewidth=1, linestyle="--")
+        axis.grid(alpha=0.3)
+    axes[-1].set_xlabel("pulls from the reversal (0: the first pull after it)")
+    figure.tight_layout()
+    return _save(figure, out, plt)
+
+
+REVERSAL_REFERENCES = ("change-point-observer", "thompson-forgetting")
+
+
+def plot_agent_reversal(
+    config: TrainConfig,
+    record: EpisodeRecord,
+    others: Mapping[str, EpisodeRecord],
+    out: str | Path,
+    title: str,
+    before: int = 10,
+    after: int = 24,
+) -> tuple[Path, dict[str, int | None]]:
+    """:func:`plot_reversal` of a bandit agent's recorded episodes beside ``others`` (records
+    of other agents on the same episodes) and the :data:`REVERSAL_REFERENCES`, with its M(t)
+    against the control; the figure and each policy's :func:`switch_delay`. The defaults fit
+    every episode of the default bandit, whose reversal falls in ``[T/4, 3T/4]``."""
+    if "good_arm" not in record.hidden:
+        raise ValueError(f"the reversal analysis needs the bandit, got {config.env_id!r}")
+    good_arm, modulation = record.hidden["good_arm"], record.modulation.mean(-1)
+    offsets, choices, at_reversal = reversal_aligned(
+        record.actions, good_arm, before, after, modulation
+    )
+    elsewhere = np.roll(good_arm, 1, axis=0)  # each episode aligned on another's reversal step
+    control = reversal_aligned(record.actions, elsewhere, before, after, modulation)[2]
+    curves = {f"{config.agent} (this agent)": choices}
+    for label, other in others.items():
+        curves[label] = reversal_aligned(other.actions, other.hidden["good_arm"], before, after)[1]
+    episodes = record.actions.shape[1]
+    for name in REVERSAL_REFERENCES:
+        actions, hidden = reference_actions(config.env_id, name, episodes, **config.env_kwargs)
+        curves[name] = reversal_aligned(actions, hidden["good_arm"], before, after)[1]
+    delays = {label: switch_delay(offsets, rows) for label, rows in curves.items()}
+    return plot_reversal(offsets, curves, at_reversal, control, out, title), delays
 
 
 def plot_plasticity(agent: ActorCritic, record: EpisodeRecord, out: str | Path, title: str) -> Path:

@@ -14,6 +14,7 @@ from hebbgym.agents.actor_critic import build_agent
 from hebbgym.analysis import (
     PATHWAYS,
     PROBES,
+    REVERSAL_REFERENCES,
     SENSORS,
     EpisodeRecord,
     ModulationOutcome,
@@ -21,14 +22,19 @@ from hebbgym.analysis import (
     evaluation_tasks,
     final_modulation,
     mean_by_task,
+    plot_agent_reversal,
     plot_modulation_around_rewards,
     plot_modulation_vs_score,
     plot_paired_split,
     plot_plasticity,
+    plot_reversal,
     plot_sensor_weights,
     record_episodes,
+    reference_actions,
+    reversal_aligned,
     reward_triggered_average,
     sensor_weights,
+    switch_delay,
 )
 from hebbgym.envs.base import episode_batch_seeds
 from hebbgym.train.config import TrainConfig
@@ -78,6 +84,92 @@ def test_recorded_episodes_are_the_evaluation_episodes() -> None:
         record_episodes(MAZE, agent, episodes=0)
 
 
+def test_reversal_aligned_takes_each_episodes_first_reversal_and_skips_those_near_an_end():
+    steps = 20
+    good_arm = np.zeros((4, steps + 1), dtype=np.int64)
+    good_arm[0, 8:] = 1  # reversal at pull 8
+    good_arm[1, 12:] = 1  # at pull 12, and back at 15: only the first one counts
+    good_arm[1, 15:] = 0
+    good_arm[2, 18:] = 1  # too close to the end for 4 pulls after it
+    # episode 3 never reverses
+    actions = np.zeros((steps, 4), dtype=np.int64)
+    actions[10:, 0] = 1  # moves two pulls after its reversal
+    actions[12:, 1] = 1  # at once
+    values = np.arange(steps * 4, dtype=np.float64).reshape(steps, 4)
+    offsets, choices, aligned = reversal_aligned(actions, good_arm, 3, 4, values)
+    assert offsets.tolist() == [-3, -2, -1, 0, 1, 2, 3, 4]
+    np.testing.assert_array_equal(choices, [[0, 0, 0, 0, 0, 1, 1, 1], [0, 0, 0, 1, 1, 1, 1, 1]])
+    np.testing.assert_array_equal(aligned[0], values[5:13, 0])
+    np.testing.assert_array_equal(aligned[1], values[9:17, 1])
+    assert switch_delay(offsets, choices) == 0  # the mean reaches 0.5 at offset 0
+    assert switch_delay(offsets, choices[:1]) == 2
+    assert switch_delay(offsets, np.zeros((2, 8))) is None
+    assert reversal_aligned(actions, good_arm, 3, 4)[2].shape == (0, 0)
+
+
+def test_references_around_the_reversal_the_oracle_at_once_the_learners_after_evidence():
+    bandit = "Hebb-ReversalBandit-v0"
+    curves = {}
+    for name in ("oracle", "change-point-observer", "thompson-forgetting"):
+        actions, hidden = reference_actions(bandit, name, 200, seed=3)
+        assert actions.shape == (100, 200) and hidden["good_arm"].shape == (200, 101)
+        offsets, curves[name], _ = reversal_aligned(actions, hidden["good_arm"], 10, 24)
+        assert len(curves[name]) == 200  # every reversal lies in [25, 75]
+    assert (
+        curves["oracle"][:, offsets < 0].max() == 0 and curves["oracle"][:, offsets >= 0].min() == 1
+    )
+    delays = {name: switch_delay(offsets, rows) for name, rows in curves.items()}
+    assert delays["oracle"] == 0
+    assert 1 <= delays["change-point-observer"] < delays["thompson-forgetting"] <= 15
+
+
+@pytest.fixture(scope="module")
+def bandit_record() -> tuple[TrainConfig, EpisodeRecord]:
+    config = TrainConfig(env_id="Hebb-ReversalBandit-v0", hidden_size=8)
+    env = gym.make("Hebb-ReversalBandit-v0")
+    torch.manual_seed(0)
+    agent = build_agent(
+        "modulated", env.observation_space.shape[0], env.action_space, 8, match_baselines=False
+    )
+    env.close()
+    return config, record_episodes(config, agent, episodes=30, seed=5)
+
+
+def test_recorded_actions_replay_the_recorded_rewards(bandit_record) -> None:
+    """The bandit's rewards follow from the recorded actions and hidden arrays alone."""
+    _, record = bandit_record
+    good = record.actions == record.hidden["good_arm"][:, :-1].T
+    probability = np.where(good, 0.8, 0.2)
+    paid = probability > record.hidden["payout"][:, :-1].T
+    np.testing.assert_array_equal(record.rewards, paid.astype(np.float64))
+    assert 0 < good.mean() < 1
+
+
+def test_agent_reversal_figure_names_every_policy_and_refuses_other_tasks(
+    bandit_record, tmp_path
+) -> None:
+    config, record = bandit_record
+    path, delays = plot_agent_reversal(config, record, {"same": record}, tmp_path / "r.png", "t")
+    assert iio.imread(path).shape[0] > 500  # two panels: this agent has a modulator
+    assert list(delays) == ["modulated (this agent)", "same", *REVERSAL_REFERENCES]
+    assert delays["same"] == delays["modulated (this agent)"]
+    assert delays["change-point-observer"] is not None
+    maze = record_episodes(MAZE, _agent(), episodes=2)
+    with pytest.raises(ValueError, match="needs the bandit"):
+        plot_agent_reversal(MAZE, maze, {}, tmp_path / "m.png", "t")
+
+
+def test_reversal_figure_with_and_without_the_modulator_panel(tmp_path) -> None:
+    offsets = np.arange(-2, 5)
+    choices = {"a": np.tile([0, 0, 0, 1, 1, 1, 1], (3, 1)).astype(float)}
+    modulation = np.random.default_rng(0).normal(size=(3, 7))
+    two = plot_reversal(offsets, choices, modulation, modulation + 1, tmp_path / "2.png", "t")
+    one = plot_reversal(
+        offsets, choices, np.zeros((0, 7)), np.zeros((0, 7)), tmp_path / "1.png", "t"
+    )
+    assert iio.imread(two).shape[0] > 1.8 * iio.imread(one).shape[0]
+
+
 def test_figures_are_written_and_refuse_agents_without_what_they_show(tmp_path) -> None:
     agent = _agent()
     record = record_episodes(MAZE, agent, episodes=8, seed=1)
@@ -89,7 +181,9 @@ def test_figures_are_written_and_refuse_agents_without_what_they_show(tmp_path) 
     rnn = _agent("rnn")
     with pytest.raises(ValueError, match="no plasticity"):
         plot_plasticity(rnn, record, tmp_path / "r.png", "rnn")
-    flat = EpisodeRecord(record.rewards, np.zeros((40, 8, 0)), record.final_hebb)
+    flat = EpisodeRecord(
+        record.rewards, np.zeros((40, 8, 0)), record.final_hebb, record.actions, record.hidden
+    )
     with pytest.raises(ValueError, match="no neuromodulator"):
         plot_modulation_around_rewards(flat, tmp_path / "f.png", "none")
 
