@@ -34,6 +34,7 @@ def slow_write(path, data):
 
 checkpoint.atomic_write_bytes = slow_write
 from hebbgym.cli import main
+print("ready", flush=True)  # imports done: the kill is timed from here, whatever the load
 main(sys.argv[2:])
 """
 
@@ -86,10 +87,13 @@ def test_repeated_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path: Path
         child = subprocess.Popen(
             command(driver, run_dir, extra, 0.15),
             env=env,
-            stdout=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
         )
-        time.sleep(float(rng.uniform(2.0, 5.0)))
+        # Importing torch can take seconds on a loaded machine; time the kill from training's
+        # start, or every kill could land before the first checkpoint.
+        child.stdout.readline()
+        time.sleep(float(rng.uniform(0.3, 3.0)))
         if child.poll() is not None:  # finished before the kill: start over to keep killing
             assert child.returncode == 0, child.stderr.read().decode()
             break
