@@ -23,10 +23,11 @@ expects, as arrays (tested) and as PNG figures (matplotlib, headless).
   paired), which tells a run that solves both halves of the task from one that solves one
   half and falls back to a memoryless guess on the other.
 
-* :func:`reversal_aligned`, :func:`switch_delay` and :func:`plot_reversal`: on the bandit,
-  how fast a policy moves to the arm that became good after the reversal (the agent beside
-  references such as the change-point observer, via :func:`reference_actions`), and what its
-  M(t) does meanwhile: does the network signal the surprise of the first unpaid pulls?
+* :func:`reversal_aligned`, :func:`switch_delay` and :func:`plot_agent_reversal`: on the
+  bandit, how fast a policy moves to the arm that became good after the reversal (the agent
+  beside references such as the change-point observer, via :func:`reference_actions`), and
+  what its M(t) does meanwhile: does the network signal the surprise of the first unpaid
+  pulls?
 
 * :func:`final_modulation` and :func:`plot_modulation_vs_score`: where each neuromodulated
   run's M(t) ended up against how well it did, across tasks; a saturated modulator goes with

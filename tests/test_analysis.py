@@ -143,6 +143,9 @@ def test_recorded_actions_replay_the_recorded_rewards(bandit_record) -> None:
     paid = probability > record.hidden["payout"][:, :-1].T
     np.testing.assert_array_equal(record.rewards, paid.astype(np.float64))
     assert 0 < good.mean() < 1
+    _, reference_hidden = reference_actions("Hebb-ReversalBandit-v0", "oracle", 30, seed=5)
+    for key, value in record.hidden.items():  # the references play the very same episodes
+        np.testing.assert_array_equal(reference_hidden[key], value)
 
 
 def test_agent_reversal_figure_names_every_policy_and_refuses_other_tasks(
