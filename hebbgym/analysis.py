@@ -79,6 +79,11 @@ class EpisodeRecord:
     hidden: dict[str, np.ndarray]
 
 
+def _episode_arrays(env: gym.vector.VectorEnv) -> dict[str, np.ndarray]:
+    """A copy of the hidden arrays the vector env drew for its current episodes."""
+    return {key: value.copy() for key, value in env.unwrapped.batch.episodes.items()}
+
+
 def record_episodes(
     config: TrainConfig, agent: ActorCritic, episodes: int, seed: int = EVALUATION_SEED
 ) -> EpisodeRecord:
@@ -97,7 +102,7 @@ def record_episodes(
             obs, reward, _, _, _ = env.step(actions[-1])
             rewards.append(reward.astype(np.float64))
             modulation.append(out.m.numpy().astype(np.float64))
-    hidden = {key: value.copy() for key, value in env.unwrapped.batch.episodes.items()}
+    hidden = _episode_arrays(env)
     env.close()
     return EpisodeRecord(
         np.stack(rewards), np.stack(modulation), state.hebb.numpy(), np.stack(actions), hidden
@@ -185,7 +190,7 @@ def reference_actions(
     for _ in range(env.unwrapped.batch.length):
         actions.append(policy.act(obs, info))
         obs, _, _, _, info = env.step(actions[-1])
-    hidden = {key: value.copy() for key, value in env.unwrapped.batch.episodes.items()}
+    hidden = _episode_arrays(env)
     env.close()
     return np.stack(actions), hidden
 
@@ -537,19 +542,20 @@ def plot_reversal(
     control: np.ndarray,
     out: str | Path,
     title: str,
-) -> Path:
+) -> tuple[Path, dict[str, int | None]]:
     """Top: the share of pulls of the arm that becomes good, around the bandit's reversal,
     per policy (``choices`` as :func:`reversal_aligned` gives them). Bottom, where
     ``modulation`` has rows: the agent's M(t) around the reversal (median and IQR), beside
     ``control``, its M(t) aligned on the reversal step of *another* episode: what M does at
-    that point of an episode anyway."""
+    that point of an episode anyway. Returns the figure and each policy's
+    :func:`switch_delay`, which the legend shows."""
     plt = _pyplot()
     panels = 2 if len(modulation) else 1
     figure, axes = plt.subplots(panels, 1, figsize=(6.4, 2.9 * panels), dpi=110, sharex=True)
     axes = np.atleast_1d(axes)
+    delays = {label: switch_delay(offsets, rows) for label, rows in choices.items()}
     for label, rows in choices.items():
-        delay = switch_delay(offsets, rows)
-        after = "never" if delay is None else f"{delay} pulls"
+        after = "never" if delays[label] is None else f"{delays[label]} pulls"
         axes[0].plot(offsets, rows.mean(axis=0), label=f"{label} (past 0.5 after {after})")
     axes[0].set_ylabel("P(arm good after reversal)")
     axes[0].set_ylim(0, 1)
@@ -568,7 +574,7 @@ def plot_reversal(
         axis.grid(alpha=0.3)
     axes[-1].set_xlabel("pulls from the reversal (0: the first pull after it)")
     figure.tight_layout()
-    return _save(figure, out, plt)
+    return _save(figure, out, plt), delays
 
 
 REVERSAL_REFERENCES = ("change-point-observer", "thompson-forgetting")
@@ -582,11 +588,13 @@ def plot_agent_reversal(
     title: str,
     before: int = 10,
     after: int = 24,
+    seed: int = EVALUATION_SEED,
 ) -> tuple[Path, dict[str, int | None]]:
-    """:func:`plot_reversal` of a bandit agent's recorded episodes beside ``others`` (records
-    of other agents on the same episodes) and the :data:`REVERSAL_REFERENCES`, with its M(t)
-    against the control; the figure and each policy's :func:`switch_delay`. The defaults fit
-    every episode of the default bandit, whose reversal falls in ``[T/4, 3T/4]``."""
+    """:func:`plot_reversal` of a bandit agent's episodes, recorded with ``seed``, beside
+    ``others`` (records of other agents on the same episodes) and the
+    :data:`REVERSAL_REFERENCES` played on them, with its M(t) against the control; the figure
+    and each policy's :func:`switch_delay`. The defaults fit every episode of the default
+    bandit, whose reversal falls in ``[T/4, 3T/4]``."""
     if "good_arm" not in record.hidden:
         raise ValueError(f"the reversal analysis needs the bandit, got {config.env_id!r}")
     good_arm, modulation = record.hidden["good_arm"], record.modulation.mean(-1)
@@ -600,10 +608,13 @@ def plot_agent_reversal(
         curves[label] = reversal_aligned(other.actions, other.hidden["good_arm"], before, after)[1]
     episodes = record.actions.shape[1]
     for name in REVERSAL_REFERENCES:
-        actions, hidden = reference_actions(config.env_id, name, episodes, **config.env_kwargs)
+        actions, hidden = reference_actions(
+            config.env_id, name, episodes, seed, **config.env_kwargs
+        )
+        if not np.array_equal(hidden["good_arm"], good_arm):
+            raise ValueError(f"the record was not played on the episodes of seed {seed}")
         curves[name] = reversal_aligned(actions, hidden["good_arm"], before, after)[1]
-    delays = {label: switch_delay(offsets, rows) for label, rows in curves.items()}
-    return plot_reversal(offsets, curves, at_reversal, control, out, title), delays
+    return plot_reversal(offsets, curves, at_reversal, control, out, title)
 
 
 def plot_plasticity(agent: ActorCritic, record: EpisodeRecord, out: str | Path, title: str) -> Path:

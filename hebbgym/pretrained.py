@@ -7,7 +7,8 @@ where it came from and the held-out evaluation it was chosen on, next to the LST
 score on the same episodes. Where the modulated agent was chosen ahead of that baseline
 (maze, conditioning, cue-reward) ``tests/test_pretrained.py`` checks it still beats it; where
 no modulated agent beat the LSTM (the bandit, independent conditioning) the best one ships
-all the same, so that every task can be watched, and the test checks it stays level with it.
+all the same, so that every task can be watched, and the test checks it falls no further
+behind than it was chosen.
 
     hebbgym watch --pretrained Hebb-Maze-v0
     hebbgym evaluate --pretrained Hebb-Maze-v0

@@ -152,11 +152,15 @@ def test_agent_reversal_figure_names_every_policy_and_refuses_other_tasks(
     bandit_record, tmp_path
 ) -> None:
     config, record = bandit_record
-    path, delays = plot_agent_reversal(config, record, {"same": record}, tmp_path / "r.png", "t")
+    path, delays = plot_agent_reversal(
+        config, record, {"same": record}, tmp_path / "r.png", "t", seed=5
+    )
     assert iio.imread(path).shape[0] > 500  # two panels: this agent has a modulator
     assert list(delays) == ["modulated (this agent)", "same", *REVERSAL_REFERENCES]
     assert delays["same"] == delays["modulated (this agent)"]
     assert delays["change-point-observer"] is not None
+    with pytest.raises(ValueError, match="not played on the episodes of seed 6"):
+        plot_agent_reversal(config, record, {}, tmp_path / "r.png", "t", seed=6)
     maze = record_episodes(MAZE, _agent(), episodes=2)
     with pytest.raises(ValueError, match="needs the bandit"):
         plot_agent_reversal(MAZE, maze, {}, tmp_path / "m.png", "t")
@@ -166,8 +170,11 @@ def test_reversal_figure_with_and_without_the_modulator_panel(tmp_path) -> None:
     offsets = np.arange(-2, 5)
     choices = {"a": np.tile([0, 0, 0, 1, 1, 1, 1], (3, 1)).astype(float)}
     modulation = np.random.default_rng(0).normal(size=(3, 7))
-    two = plot_reversal(offsets, choices, modulation, modulation + 1, tmp_path / "2.png", "t")
-    one = plot_reversal(
+    two, delays = plot_reversal(
+        offsets, choices, modulation, modulation + 1, tmp_path / "2.png", "t"
+    )
+    assert delays == {"a": 1}
+    one, _ = plot_reversal(
         offsets, choices, np.zeros((0, 7)), np.zeros((0, 7)), tmp_path / "1.png", "t"
     )
     assert iio.imread(two).shape[0] > 1.8 * iio.imread(one).shape[0]
